@@ -1,0 +1,1 @@
+"""The Flower ServerApp of aimfl (federated adapter aggregation)."""

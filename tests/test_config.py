@@ -1,0 +1,58 @@
+"""Config composition and strict keys."""
+
+import glob
+import os
+
+import pytest
+
+from aim_core.config import CONFIG_DIR, ConfigError, load_config
+
+REQUIRED = [
+    "k400_clip_vit_b16_8f", "k400_clip_vit_b16_16f", "k400_clip_vit_b16_32f", "k400_clip_vit_l14_8f",
+    "ssv2_clip_vit_b16_8f", "k700_clip_vit_b16_8f", "diving48_clip_vit_b16_32f",
+    "k400_in21k_vit_b16_8f", "ssv2_in21k_vit_b16_8f", "k400_in21k_swin_b_32f",
+]
+
+
+def experiment_configs():
+    return sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")) if "base" not in p)
+
+
+def test_the_papers_experiments_exist():
+    assert set(REQUIRED) <= set(experiment_configs())
+
+
+@pytest.mark.parametrize("name", experiment_configs())
+def test_every_experiment_config_loads(name):
+    cfg = load_config(name)
+    assert cfg.model.num_frames == cfg.data.num_frames
+    assert cfg.model.num_classes == cfg.data.num_classes
+
+
+def test_bases_compose_in_order_and_the_experiment_wins():
+    cfg = load_config("ssv2_clip_vit_b16_8f")
+    assert cfg.model.backbone.name == "ViT-B-16" and cfg.model.backbone.pretrained == "openai"  # model base
+    assert cfg.data.num_classes == 174 and cfg.data.sampling == "uniform"  # data base
+    assert cfg.schedule.epochs == 50  # schedule base
+    assert cfg.model.temporal_adapter_in is True and cfg.model.mlp_adapter_scale == 1.0  # the file itself
+
+
+def test_command_line_overrides_come_last():
+    cfg = load_config("k400_clip_vit_b16_8f", ["data.num_frames=16", "model.backbone.pretrained=null"])
+    assert cfg.model.num_frames == 16 and cfg.model.backbone.pretrained is None
+
+
+def test_unknown_key_in_a_file_names_key_and_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"_base_: [{CONFIG_DIR}/k400_clip_vit_b16_8f.yaml]\nmodel:\n  adapter_ratoi: 0.5\n")
+    with pytest.raises(ConfigError, match=r"model\.adapter_ratoi.*typo\.yaml"):
+        load_config(str(path))
+
+
+def test_unknown_override_and_bad_syntax_are_errors():
+    with pytest.raises(ConfigError, match="data.num_frame"):
+        load_config("tiny_clip", ["data.num_frame=8"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("tiny_clip", ["data.num_frames"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_config")

@@ -1,0 +1,57 @@
+"""Parameter counts and multiply-adds of the paper's configs (AIM Table 2/3, README)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from aim_core.config import load_config
+from aim_core.counting import model_info
+
+PAPER = {
+    # config: (trainable, total, multiply-adds per view in G or None where the paper gives none we reproduce)
+    "k400_clip_vit_b16_8f": (10.97e6, 96.77e6, 202.1),
+    "ssv2_clip_vit_b16_8f": (14.34e6, 100.14e6, 624 / 3),
+    "k400_clip_vit_l14_8f": (38.26e6, 341.4e6, None),
+}
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_counts_match_the_paper(name):
+    trainable, total, gmacs = PAPER[name]
+    info = model_info(load_config(name))
+    assert info["trainable_params"] == pytest.approx(trainable, rel=0.005)
+    assert info["total_params"] == pytest.approx(total, rel=0.005)
+    if gmacs is not None:
+        assert info["gmacs_per_view"] == pytest.approx(gmacs, rel=0.02)
+    assert info["update_bytes_fp32"] == 4 * info["trainable_params"]
+
+
+def test_k400_b16_three_views_make_606_gmacs():
+    info = model_info(load_config("k400_clip_vit_b16_8f"))
+    assert info["views"] == 3
+    assert info["gmacs_total"] == pytest.approx(606, rel=0.02)
+
+
+def test_multiply_adds_grow_with_frames():
+    """Counted, not looked up: 16 frames cost twice 8 frames (README: 1214 vs 606 for 3 views)."""
+    eight = model_info(load_config("k400_clip_vit_b16_8f"))["gmacs_total"]
+    sixteen = model_info(load_config("k400_clip_vit_b16_16f"))["gmacs_total"]
+    assert sixteen == pytest.approx(1214, rel=0.02)
+    assert sixteen / eight == pytest.approx(2.0, rel=0.01)
+
+
+def test_info_cli_prints_json_and_rejects_unknown_keys():
+    out = subprocess.run(
+        [sys.executable, "-m", "aim_core.cli", "info", "tiny_clip", "model.variant=space_only"],
+        capture_output=True, text=True, check=True,
+    )
+    info = json.loads(out.stdout)
+    assert {"total_params", "trainable_params", "gmacs_per_view", "views", "gmacs_total",
+            "update_bytes_fp32"} <= info.keys()
+    assert info["variant"] == "space_only"
+    bad = subprocess.run([sys.executable, "-m", "aim_core.cli", "info", "tiny_clip", "model.adapter_ration=0.5"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "model.adapter_ration" in bad.stderr
