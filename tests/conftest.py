@@ -18,3 +18,13 @@ def tiny_cfg():
 
     return load
 
+
+
+@pytest.fixture(scope="session")
+def synthetic_world(tmp_path_factory):
+    """A small synthetic world (3 train and 1 val clips per class), made once per test session."""
+    from aim_core.synthetic import make_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(str(out), seed=0, train_per_class=3, val_per_class=1, progress=False)
+    return out

@@ -1,0 +1,152 @@
+"""Video datasets read with decord, robust to bad files.
+
+`VideoDataset` decodes only the sampled frames (`VideoReader.get_batch`), resized by the
+decoder itself so that the short side is `data.short_side` in training and
+`data.input_size` at test time. Training items are one clip (T, C, H, W); test items are all
+views (clips x crops, T, C, H, W) for multi-view evaluation.
+
+A missing, truncated or undecodable video is logged once per process with its path, replaced
+by another sample, and counted: every item carries `skipped`, the number of bad videos it
+stepped over, so counts add up across DataLoader workers and DDP ranks. Random choices depend
+only on (seed, epoch, index), never on the worker that loads the item, so runs are
+reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from aim_core.annotations import VideoRecord, read_annotations
+from aim_core.sampling import sample_indices
+from aim_core.transforms import TestTransform, as_video, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class VideoReadError(RuntimeError):
+    pass
+
+
+def probe_size(path: str) -> tuple[int, int]:
+    """(height, width) of the first video stream, read from the container header."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.height, stream.codec_context.width
+
+
+def decode_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The (height, width) with the short side at `short_side`, aspect kept."""
+    if height <= width:
+        return short_side, max(short_side, round(width * short_side / height))
+    return max(short_side, round(height * short_side / width)), short_side
+
+
+class FrameReader:
+    """Reads selected frames of a video at a reduced size; remembers each file's size."""
+
+    def __init__(self, short_side: int):
+        self.short_side = short_side
+        self._sizes: dict[str, tuple[int, int]] = {}
+
+    def open(self, path: str):
+        import decord
+
+        if not os.path.isfile(path):
+            raise VideoReadError(f"{path}: no such file")
+        try:
+            if path not in self._sizes:
+                self._sizes[path] = decode_size(*probe_size(path), self.short_side)
+            height, width = self._sizes[path]
+            return decord.VideoReader(path, width=width, height=height, num_threads=1)
+        except Exception as err:  # decord and PyAV raise many types for broken files
+            raise VideoReadError(f"{path}: cannot open: {err}") from err
+
+    @staticmethod
+    def read(reader, path: str, indices: np.ndarray) -> np.ndarray:
+        try:
+            return reader.get_batch(indices.reshape(-1).tolist()).asnumpy()
+        except Exception as err:
+            raise VideoReadError(f"{path}: cannot decode frames: {err}") from err
+
+
+class VideoDataset(Dataset):
+    def __init__(self, records: list[VideoRecord], root: str, data_cfg, mean, std, train: bool, seed: int = 0):
+        if not records:
+            raise ValueError("the dataset is empty: no videos listed")
+        self.records = records
+        self.root = root or ""
+        self.cfg = data_cfg
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.reader = FrameReader(data_cfg.short_side if train else data_cfg.input_size)
+        self.transform = train_transform(data_cfg, mean, std) if train else TestTransform(data_cfg, mean, std)
+        self._reported: set[str] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, record: VideoRecord, rng: np.random.Generator) -> torch.Tensor:
+        path = os.path.join(self.root, record.path)
+        reader = self.reader.open(path)
+        num_frames = len(reader)
+        if num_frames < 1:
+            raise VideoReadError(f"{path}: no frames")
+        cfg = self.cfg
+        clips = 1 if self.train else cfg.test_clips
+        indices = sample_indices(num_frames, cfg.num_frames, cfg.sampling, cfg.frame_interval, self.train, clips, rng)
+        frames = as_video(self.reader.read(reader, path, indices))
+        if self.train:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**63)))
+                return self.transform(frames).as_subclass(torch.Tensor)
+        views = [self.transform(clip) for clip in frames.view(clips, cfg.num_frames, *frames.shape[1:])]
+        return torch.cat(views).as_subclass(torch.Tensor)  # (clips * crops, T, C, H, W), clip-major
+
+    def _report(self, err: VideoReadError, path: str) -> None:
+        if path not in self._reported:
+            self._reported.add(path)
+            log.warning("skipping unreadable video: %s", err)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        skipped = 0
+        for attempt in range(self.cfg.max_read_attempts):
+            record = self.records[index]
+            try:
+                video = self._load(record, rng)
+            except VideoReadError as err:
+                self._report(err, record.path)
+                skipped += 1
+                index = int(rng.integers(len(self.records)))
+                continue
+            return {"video": video, "label": record.label, "skipped": skipped}
+        raise RuntimeError(
+            f"{self.cfg.max_read_attempts} videos in a row could not be read (last: {record.path} under "
+            f"{self.root!r}); check data.root and the list"
+        )
+
+
+def build_dataset(cfg, split: str, records: list[VideoRecord] | None = None, seed: int = 0) -> VideoDataset:
+    """The train or val dataset of a full config; `records` replaces the configured list (federated shards)."""
+    data = cfg.data
+    if records is None:
+        list_path = data.train_list if split == "train" else data.val_list
+        if not list_path:
+            raise ValueError(f"data.{split}_list is not set")
+        records = read_annotations(list_path, data.list_format, data.class_names)
+    labels = [r.label for r in records]
+    if max(labels) >= data.num_classes:
+        raise ValueError(f"labels go up to {max(labels)} but data.num_classes={data.num_classes}")
+    return VideoDataset(records, data.root, data, cfg.model.backbone.mean, cfg.model.backbone.std,
+                        train=split == "train", seed=seed)

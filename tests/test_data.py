@@ -1,0 +1,168 @@
+"""Datasets: annotation formats, decoding real and synthetic clips, views, bad videos."""
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from aim_core.annotations import AnnotationError, VideoRecord, read_annotations
+from aim_core.evaluation import average_view_probabilities
+from aim_core.model import build_model
+from aim_core.video_data import VideoDataset, build_dataset
+
+REAL_CLIPS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real-clips")
+
+
+def synthetic_cfg(tiny_cfg, world, *overrides):
+    return tiny_cfg("tiny_clip", f"data.root={world}", f"data.train_list={world}/train.txt",
+                    f"data.val_list={world}/val.txt", "data.num_classes=10", "data.short_side=40",
+                    "data.frame_interval=2", "data.num_workers=0", *overrides)
+
+
+# ---------------------------------------------------------------- annotation formats
+
+
+def test_path_label_list_with_groups_names_and_comments(tmp_path):
+    (tmp_path / "classes.txt").write_text("jump\nrun\n")
+    (tmp_path / "list.txt").write_text("# videos\na.mp4 1\n\nb/c.mp4 jump site7\n")
+    records = read_annotations(str(tmp_path / "list.txt"), class_names=str(tmp_path / "classes.txt"))
+    assert records == [VideoRecord("a.mp4", 1), VideoRecord("b/c.mp4", 0, "site7")]
+
+
+@pytest.mark.parametrize("line,message", [("a.mp4", ":3:"), ("a.mp4 walk", ":3: label 'walk'"),
+                                          ("a.mp4 1 x y", ":3:"), ("a.mp4 9", ":3: label 9 out of range")])
+def test_malformed_line_names_file_and_line(tmp_path, line, message):
+    (tmp_path / "classes.txt").write_text("jump\nrun\n")
+    path = tmp_path / "bad.txt"
+    path.write_text(f"a.mp4 0\nb.mp4 1\n{line}\n")
+    with pytest.raises(AnnotationError, match=f"bad.txt{message}"):
+        read_annotations(str(path), class_names=str(tmp_path / "classes.txt"))
+
+
+def test_empty_list_is_an_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(AnnotationError, match="no videos"):
+        read_annotations(str(tmp_path / "empty.txt"))
+
+
+def test_kinetics_csv(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("label,youtube_id,time_start,time_end,split\n"
+                    "zumba,abc,10,20,train\narm wrestling,xyz,0,10,train\n")
+    records = read_annotations(str(path))
+    assert records == [VideoRecord("abc_000010_000020.mp4", 1), VideoRecord("xyz_000000_000010.mp4", 0)]
+    path.write_text("label,youtube_id,time_start,time_end,split\nzumba,abc,ten,20,train\n")
+    with pytest.raises(AnnotationError, match="train.csv:2"):
+        read_annotations(str(path))
+
+
+def test_ssv2_and_diving48_json(tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps({"Pushing something from left to right": "1",
+                                                      "Holding something": "0"}))
+    (tmp_path / "train.json").write_text(json.dumps([
+        {"id": "7", "label": "pushing a cup from left to right", "template": "Pushing [something] from left to right"},
+        {"id": "9", "label": "holding a pen", "template": "Holding [something]"}]))
+    records = read_annotations(str(tmp_path / "train.json"), class_names=str(tmp_path / "labels.json"))
+    assert records == [VideoRecord("7.webm", 1), VideoRecord("9.webm", 0)]
+    (tmp_path / "d48.json").write_text(json.dumps([{"vid_name": "x_001", "label": 12, "start_frame": 0}]))
+    assert read_annotations(str(tmp_path / "d48.json")) == [VideoRecord("x_001.mp4", 12)]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_CLIPS), reason="shared/data/real-clips is not beside this checkout")
+@pytest.mark.parametrize("name", ["kinetics_arm_wrestling.mp4", "ntu_drink_water.avi", "unlabeled_test.mp4",
+                                  "unlabeled_test.avi", "unlabeled_ava_style.mp4", "unlabeled_skeleton_demo.mp4"])
+def test_real_clips_decode_to_the_requested_shape(tiny_cfg, name):
+    cfg = tiny_cfg("k400_clip_vit_b16_8f", "data.input_size=112", "data.short_side=128")
+    records = [VideoRecord(name, 0)]
+    train = VideoDataset(records, REAL_CLIPS, cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std, train=True)
+    item = train[0]
+    assert item["video"].shape == (8, 3, 112, 112) and item["skipped"] == 0
+    assert item["video"].dtype == torch.float32 and item["video"].std() > 0.05
+    test = VideoDataset(records, REAL_CLIPS, cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std, train=False)
+    assert test[0]["video"].shape == (3, 8, 3, 112, 112)  # 3 clips x 1 crop
+
+
+def test_training_items_are_reproducible_per_epoch(tiny_cfg, synthetic_world):
+    dataset = build_dataset(synthetic_cfg(tiny_cfg, synthetic_world), "train")
+    first = dataset[3]["video"]
+    assert torch.equal(first, dataset[3]["video"])
+    dataset.set_epoch(1)
+    assert not torch.equal(first, dataset[3]["video"])
+
+
+def test_three_crop_views_and_view_averaging(tiny_cfg, synthetic_world):
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world, "data.test_clips=2", "data.test_crops=3")
+    dataset = build_dataset(cfg, "val")
+    views = dataset[0]["video"]
+    assert views.shape == (6, 4, 3, 32, 32)
+
+    model = build_model(cfg.model).eval()
+    batch = torch.stack([dataset[0]["video"], dataset[1]["video"]])
+    averaged = average_view_probabilities(model, batch, max_views_per_forward=4)
+    single = torch.stack([model(batch[:, v]).softmax(-1) for v in range(6)], dim=1).mean(dim=1)
+    torch.testing.assert_close(averaged, single)
+    assert torch.allclose(averaged.sum(-1), torch.ones(2))
+
+
+# ---------------------------------------------------------------- bad videos
+
+
+def corrupt_copy(world, tmp_path):
+    """A list whose first entry is a truncated mp4 and second a missing file."""
+    lines = open(world / "train.txt").read().splitlines()
+    truncated = tmp_path / "truncated.mp4"
+    data = open(world / lines[0].split()[0], "rb").read()
+    truncated.write_bytes(data[: len(data) // 3])
+    bad = [f"{truncated} {lines[0].split()[1]}", f"{tmp_path}/missing.mp4 0"]
+    listing = tmp_path / "train_with_bad.txt"
+    listing.write_text("\n".join(bad + [f"{world}/{line}" for line in lines[1:]]) + "\n")
+    return listing, len(lines) + 1
+
+
+def test_bad_videos_are_skipped_counted_and_training_goes_on(tiny_cfg, synthetic_world, tmp_path):
+    listing, total = corrupt_copy(synthetic_world, tmp_path)
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world, "data.root=", f"data.train_list={listing}")
+    dataset = build_dataset(cfg, "train")
+    loader = DataLoader(dataset, batch_size=4, shuffle=True, num_workers=2,
+                        generator=torch.Generator().manual_seed(0))
+    model = build_model(cfg.model).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    seen, skipped = 0, 0
+    for batch in loader:
+        loss = torch.nn.functional.cross_entropy(model(batch["video"]), batch["label"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        seen += len(batch["label"])
+        skipped += int(batch["skipped"].sum())
+        assert torch.isfinite(loss)
+    assert seen == total  # every index yielded a clip: bad ones were replaced
+    assert skipped >= 2  # both bad files were met and counted (a replacement may hit one again)
+
+
+def test_each_bad_path_is_logged_once(tiny_cfg, synthetic_world, tmp_path, caplog):
+    listing, _ = corrupt_copy(synthetic_world, tmp_path)
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world, "data.root=", f"data.train_list={listing}")
+    dataset = build_dataset(cfg, "train")
+    with caplog.at_level(logging.WARNING, logger="aim_core.video_data"):
+        for epoch in range(2):
+            dataset.set_epoch(epoch)
+            for i in range(2):
+                dataset[i]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("truncated.mp4" in m for m in messages) == 1
+    assert sum("missing.mp4" in m and "no such file" in m for m in messages) == 1
+
+
+def test_a_list_of_only_bad_videos_fails_clearly(tiny_cfg, synthetic_world, tmp_path):
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world, "data.max_read_attempts=3")
+    dataset = VideoDataset([VideoRecord("gone.mp4", 0)], str(tmp_path), cfg.data, cfg.model.backbone.mean,
+                           cfg.model.backbone.std, train=True)
+    with pytest.raises(RuntimeError, match="3 videos in a row could not be read"):
+        dataset[0]
