@@ -98,7 +98,8 @@ def _check_weights_request(cfg) -> str | None:
         if not os.path.isfile(path):
             raise PretrainedWeightsError(
                 f"model.backbone.checkpoint={cfg.checkpoint!r}: no such file. Point it to the "
-                f"pre-trained weights of {cfg.name!r} on this machine."
+                f"pre-trained weights of {cfg.name!r} on this machine (the synthetic world's embedded "
+                "image model is made by `aimfl pretrain-image`)."
             )
         return path
     if cfg.pretrained and _is_path(str(cfg.pretrained)):

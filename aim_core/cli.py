@@ -8,8 +8,10 @@ import os
 import sys
 
 from aim_core.annotations import AnnotationError
+from aim_core.backbones import PretrainedWeightsError
 from aim_core.config import ConfigError, load_config
 from aim_core.partition import SCHEMES
+from aim_core.trainable import TrainableStateError
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -40,6 +42,102 @@ def cmd_partition(args: argparse.Namespace) -> None:
                       "mean_class_entropy_bits": round(summary["mean_class_entropy_bits"], 3)}))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from aim_core.train import run
+
+    final = run(load_config(args.config, args.overrides))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(final, indent=2))
+
+
+def load_checkpoint_config(checkpoint: str, config: str | None, overrides: list[str]):
+    """The experiment config: the one named, or the one stored in the checkpoint's metadata."""
+    from omegaconf import OmegaConf
+
+    from aim_core.trainable import read_trainable
+
+    if config:
+        return load_config(config, overrides)
+    _, metadata = read_trainable(checkpoint)
+    cfg = OmegaConf.create(json.loads(metadata["config"]))
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides)) if overrides else cfg
+
+
+def build_for_inference(cfg, checkpoint: str):
+    import torch
+
+    from aim_core.config import to_dict
+    from aim_core.model import build_model
+    from aim_core.trainable import load_trainable
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg.model)
+    metadata = load_trainable(model, checkpoint, to_dict(cfg))
+    return model.to(device).eval(), device, metadata
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from torch.utils.data import DataLoader
+
+    from aim_core.annotations import read_class_names
+    from aim_core.evaluation import evaluate, order_pairs_of, report, write_report_files
+    from aim_core.training import resolve_precision
+    from aim_core.video_data import build_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    model, device, _ = build_for_inference(cfg, args.checkpoint)
+    loader = DataLoader(build_dataset(cfg, "val"), batch_size=args.batch_size, num_workers=cfg.data.num_workers)
+    result = evaluate(model, loader, device, cfg.data.max_views_per_forward,
+                      resolve_precision(cfg.schedule.precision, device), progress=True)
+    summary = {**report(result["probs"], result["labels"], order_pairs_of(cfg.data.root)),
+               "skipped_videos": result["skipped"], "checkpoint": os.path.abspath(args.checkpoint)}
+    names = read_class_names(cfg.data.class_names) if cfg.data.class_names else [
+        str(k) for k in range(cfg.data.num_classes)]
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    write_report_files(summary, names, out)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion", "per_class_accuracy")}, indent=2))
+    print(f"per-class accuracy and confusion matrix in {out}", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from aim_core.annotations import VideoRecord, read_class_names
+    from aim_core.evaluation import average_view_probabilities
+    from aim_core.training import resolve_precision
+    from aim_core.video_data import VideoDataset
+
+    cfg = load_checkpoint_config(args.checkpoint, args.config, args.overrides)
+    model, device, metadata = build_for_inference(cfg, args.checkpoint)
+    if "class_names" in metadata:
+        names = json.loads(metadata["class_names"])
+    elif cfg.data.class_names:
+        names = read_class_names(cfg.data.class_names)
+    else:
+        names = [str(k) for k in range(cfg.data.num_classes)]
+    dataset = VideoDataset([VideoRecord(os.path.abspath(args.video), 0)], "", cfg.data, cfg.model.backbone.mean,
+                           cfg.model.backbone.std, train=False)
+    item = dataset[0]
+    if item["skipped"]:
+        raise SystemExit(f"aimfl: cannot read {args.video}")
+    probs = average_view_probabilities(model, item["video"][None].to(device), cfg.data.max_views_per_forward,
+                                       resolve_precision(cfg.schedule.precision, device))[0]
+    top = probs.topk(min(args.top, len(names)))
+    for p, k in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"{p:.4f}  {names[k]}")
+
+
+def cmd_pretrain_image(args: argparse.Namespace) -> None:
+    from aim_core.image_pretrain import pretrain_image_model
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or os.path.expanduser(cfg.model.backbone.checkpoint)
+    if os.path.isfile(out) and not args.force:
+        print(f"{out} exists (cached); --force trains it again")
+        return
+    card = pretrain_image_model(cfg, out)
+    print(json.dumps({"checkpoint": out, "train_seconds": card["train_seconds"], "val_loss": card["val_loss"],
+                      "val_accuracy": card["val_accuracy"]}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aimfl", description="AIM adapters for video, trained centrally or federated")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +146,34 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("config", help="a config file, or a name in configs/ (e.g. k400_clip_vit_b16_8f)")
     info.add_argument("overrides", nargs="*", help="key=value config overrides")
     info.set_defaults(run=cmd_info)
+
+    train = commands.add_parser("train", help="train centrally (one process, or DDP under torchrun)")
+    train.add_argument("config", help="a config file or a name in configs/ (e.g. synthetic)")
+    train.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. model.variant=space_only)")
+    train.set_defaults(run=cmd_train)
+
+    ev = commands.add_parser("eval", help="multi-view evaluation of a checkpoint on the config's val list")
+    ev.add_argument("config")
+    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
+    ev.add_argument("--batch-size", type=int, default=4, help="videos per batch (each with all its views)")
+    ev.add_argument("--out", help="report folder (default: eval/ beside the checkpoint)")
+    ev.set_defaults(run=cmd_eval)
+
+    pred = commands.add_parser("predict", help="top classes of one video")
+    pred.add_argument("video")
+    pred.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
+    pred.add_argument("--config", help="default: the config stored in the checkpoint")
+    pred.add_argument("--top", type=int, default=5)
+    pred.add_argument("overrides", nargs="*", help="key=value config overrides")
+    pred.set_defaults(run=cmd_predict)
+
+    pre = commands.add_parser("pretrain-image", help="pre-train the embedded image model on synthetic frames (cached)")
+    pre.add_argument("config", nargs="?", default="synthetic")
+    pre.add_argument("overrides", nargs="*")
+    pre.add_argument("--out", help="default: the config's model.backbone.checkpoint")
+    pre.add_argument("--force", action="store_true", help="train again even if the file exists")
+    pre.set_defaults(run=cmd_pretrain_image)
 
     synth = commands.add_parser("make-synthetic", help="write the synthetic video world (H.264 clips and lists)")
     synth.add_argument("out", help="output folder")
@@ -80,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except AnnotationError as err:
         print(f"aimfl: annotation error: {err}", file=sys.stderr)
+        return 2
+    except (PretrainedWeightsError, TrainableStateError) as err:
+        print(f"aimfl: {err}", file=sys.stderr)
         return 2
     return 0
 

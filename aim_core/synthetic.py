@@ -106,28 +106,35 @@ def sample_spec(label: int, rng: np.random.Generator, sites: int) -> ClipSpec:
                     int(rng.integers(2**31)))
 
 
-def render_frames(spec: ClipSpec, size: int, frames: int) -> np.ndarray:
-    """uint8 (T, size, size, 3). A class that reverses another renders that class's frames backwards."""
+def object_track(spec: ClipSpec, frames: int) -> np.ndarray:
+    """(T, 4): the object's centre x, centre y, radius and opacity in each frame (fractions of the frame).
+
+    A class that reverses another has that class's track backwards.
+    """
     source = CLASSES[spec.label][1]
     if source:
-        forward = ClipSpec(**{**asdict(spec), "label": CLASS_NAMES.index(source)})
-        return render_frames(forward, size, frames)[::-1].copy()
+        return object_track(ClipSpec(**{**asdict(spec), "label": CLASS_NAMES.index(source)}), frames)[::-1].copy()
+    f = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
+    track = np.stack([spec.x0 + (spec.x1 - spec.x0) * f, np.full(frames, spec.y),
+                      spec.r0 + (spec.r1 - spec.r0) * f, spec.a0 + (spec.a1 - spec.a0) * f], axis=1)
+    if spec.label >= 6:  # appearance classes wander in place; the pairs move only as their class says
+        track[:, :2] += np.random.default_rng(spec.jitter_seed + 1).normal(0, 0.015, (frames, 2)).cumsum(axis=0)
+    return track
+
+
+def render_frame(spec: ClipSpec, state: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the clip's background with the object in `state` (x, y, radius, opacity)."""
     texture = np.random.default_rng(spec.jitter_seed).normal(0, 6, (size, size, 1)).astype(np.float32)
     background = SITE_BACKGROUNDS[spec.site % len(SITE_BACKGROUNDS)] + texture
-    jitter = np.random.default_rng(spec.jitter_seed + 1).normal(0, 0.015, (frames, 2)).cumsum(axis=0)
-    moving = spec.label >= 6  # appearance classes wander in place; the pairs move only as their class says
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size
-    out = np.empty((frames, size, size, 3), dtype=np.uint8)
-    for t in range(frames):
-        f = t / max(frames - 1, 1)
-        cx = spec.x0 + (spec.x1 - spec.x0) * f + (jitter[t, 0] if moving else 0.0)
-        cy = spec.y + (jitter[t, 1] if moving else 0.0)
-        radius = spec.r0 + (spec.r1 - spec.r0) * f
-        alpha = spec.a0 + (spec.a1 - spec.a0) * f
-        mask = shape_mask(spec.shape, coords[None, :] - cx, coords[:, None] - cy, radius)[..., None]
-        frame = background + mask * alpha * (COLOURS[spec.colour] - background)
-        out[t] = np.clip(frame, 0, 255).astype(np.uint8)
-    return out
+    cx, cy, radius, alpha = state
+    mask = shape_mask(spec.shape, coords[None, :] - cx, coords[:, None] - cy, radius)[..., None]
+    return np.clip(background + mask * alpha * (COLOURS[spec.colour] - background), 0, 255).astype(np.uint8)
+
+
+def render_frames(spec: ClipSpec, size: int, frames: int) -> np.ndarray:
+    """uint8 (T, size, size, 3)."""
+    return np.stack([render_frame(spec, state, size) for state in object_track(spec, frames)])
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: int = 8) -> None:

@@ -83,14 +83,20 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
             params[k].copy_(state[k])
 
 
-def save_trainable(model: nn.Module, path: str, model_cfg: dict, extra: dict[str, str] | None = None) -> None:
-    """Writes the trainable state as safetensors, atomically, with metadata naming backbone, config and shapes."""
+def backbone_id(config: dict) -> str:
+    backbone = config["model"]["backbone"]
+    return f"{backbone['family']}:{backbone['name']}"
+
+
+def save_trainable(model: nn.Module, path: str, config: dict, extra: dict[str, str] | None = None) -> None:
+    """Writes the trainable state as safetensors, atomically, with metadata naming the backbone, the
+    experiment config (model and data: enough to rebuild the model and its test transform) and the shapes."""
     state = {k: v.contiguous().cpu() for k, v in trainable_state(model).items()}
     metadata = {
         "format": "aimfl-trainable",
         "format_version": FORMAT_VERSION,
-        "backbone": f"{model_cfg['backbone']['family']}:{model_cfg['backbone']['name']}",
-        "model_config": json.dumps(model_cfg, sort_keys=True),
+        "backbone": backbone_id(config),
+        "config": json.dumps(config, sort_keys=True),
         "shapes": json.dumps({k: list(v.shape) for k, v in state.items()}),
         **(extra or {}),
     }
@@ -110,10 +116,11 @@ def read_trainable(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, metadata
 
 
-def load_trainable(model: nn.Module, path: str, model_cfg: dict) -> dict[str, str]:
-    """Loads a file written by `save_trainable`; a file for another backbone is a clear error."""
+def load_trainable(model: nn.Module, path: str, config: dict) -> dict[str, str]:
+    """Loads a file written by `save_trainable` onto the model of `config`; a file for another
+    backbone is a clear error."""
     state, metadata = read_trainable(path)
-    backbone = f"{model_cfg['backbone']['family']}:{model_cfg['backbone']['name']}"
+    backbone = backbone_id(config)
     if metadata["backbone"] != backbone:
         raise TrainableStateError(
             f"{path} holds adapters for backbone {metadata['backbone']}, but this model's backbone is {backbone}"

@@ -120,7 +120,7 @@ class VideoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        skipped = 0
+        requested, skipped = index, 0
         for attempt in range(self.cfg.max_read_attempts):
             record = self.records[index]
             try:
@@ -130,21 +130,43 @@ class VideoDataset(Dataset):
                 skipped += 1
                 index = int(rng.integers(len(self.records)))
                 continue
-            return {"video": video, "label": record.label, "skipped": skipped}
+            return {"video": video, "label": record.label, "skipped": skipped, "index": requested}
         raise RuntimeError(
             f"{self.cfg.max_read_attempts} videos in a row could not be read (last: {record.path} under "
             f"{self.root!r}); check data.root and the list"
         )
 
 
+def class_stratified_fraction(records: list[VideoRecord], fraction: float, seed: int) -> list[VideoRecord]:
+    """A deterministic subset with `fraction` of each class (at least one video per class)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return records
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_class.setdefault(r.label, []).append(i)
+    keep = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        keep += rng.choice(members, size=max(1, round(fraction * len(members))), replace=False).tolist()
+    return [records[i] for i in sorted(keep)]
+
+
 def build_dataset(cfg, split: str, records: list[VideoRecord] | None = None, seed: int = 0) -> VideoDataset:
-    """The train or val dataset of a full config; `records` replaces the configured list (federated shards)."""
+    """The train or val dataset of a full config; `records` replaces the configured list (federated shards).
+
+    `data.fraction` keeps that fraction of each class of the configured train list (Fig. 3).
+    """
     data = cfg.data
     if records is None:
         list_path = data.train_list if split == "train" else data.val_list
         if not list_path:
             raise ValueError(f"data.{split}_list is not set")
         records = read_annotations(list_path, data.list_format, data.class_names)
+        if split == "train":
+            records = class_stratified_fraction(records, data.fraction, seed)
     labels = [r.label for r in records]
     if max(labels) >= data.num_classes:
         raise ValueError(f"labels go up to {max(labels)} but data.num_classes={data.num_classes}")

@@ -1,0 +1,247 @@
+"""`aimfl train CONFIG [key=value ...]`: centralized AIM training, one process or DDP under torchrun.
+
+    aimfl train synthetic
+    torchrun --nproc-per-node 2 -m aim_core.cli train synthetic       # DDP: NCCL on GPUs, gloo on CPU
+
+Every epoch: train (DistributedSampler, progress bar on rank 0), evaluate on the val list every
+`eval_every` epochs (softmax averaged over views), log JSONL and TensorBoard, and write
+`checkpoints/last.pt` atomically (trainable state, optimiser, scheduler, scaler, epoch, each
+rank's RNG states) plus `best.safetensors`. `resume=auto` continues from `last.pt` and ends
+where an uninterrupted run would. The run ends with `final.safetensors` (the trainable state,
+loadable by `aimfl eval` and `aimfl predict`), `final.json` and the eval report files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler
+
+from aim_core.annotations import read_class_names
+from aim_core.config import to_dict
+from aim_core.evaluation import evaluate, order_pairs_of, report, write_report_files
+from aim_core.model import build_model
+from aim_core.trainable import count_parameters, load_trainable_state, save_trainable, trainable_state
+from aim_core.training import build_trainer, unwrap
+from aim_core.video_data import build_dataset
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def make_loader(dataset, batch_size: int, train: bool, rank: int, world: int, seed: int, workers: int):
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=train,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+    return loader, sampler
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_rng_states(world: int) -> list[dict]:
+    if world == 1:
+        return [rng_state()]
+    states = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def trainable_digests(model: torch.nn.Module, world: int) -> list[str]:
+    """A hash of the trainable weights on each rank: DDP replicas must agree bit for bit."""
+    h = hashlib.sha256()
+    for value in trainable_state(model).values():
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    if world == 1:
+        return [h.hexdigest()]
+    digests = [None] * world
+    dist.all_gather_object(digests, h.hexdigest())
+    return digests
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def find_resume_checkpoint(cfg) -> str | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        path = os.path.join(cfg.output_dir, "checkpoints", "last.pt")
+        return path if os.path.isfile(path) else None
+    if not os.path.isfile(cfg.resume):
+        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint")
+    return cfg.resume
+
+
+def sum_over_ranks(values: dict, world: int) -> dict:
+    if world == 1:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, tensor.tolist()))
+
+
+class MetricsLog:
+    """JSONL lines and TensorBoard scalars, written by rank 0 only."""
+
+    def __init__(self, out_dir: str, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.path = os.path.join(out_dir, "metrics.jsonl")
+            self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+
+    def log(self, epoch: int, **values) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, **values}) + "\n")
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and value is not None:
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+
+def run(cfg) -> dict:
+    """Trains as configured; returns what `final.json` holds (on every rank)."""
+    from tqdm import tqdm
+
+    started = time.time()
+    rank, world, device = setup_distributed()
+    sched = cfg.schedule
+    per_process = sched.batch_size // (world * sched.accumulation_steps)
+    if per_process * world * sched.accumulation_steps != sched.batch_size:
+        raise ValueError(f"schedule.batch_size={sched.batch_size} is not divisible by {world} processes x "
+                         f"{sched.accumulation_steps} accumulation steps")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    model = build_model(cfg.model).to(device)  # fails here, before anything is written, on missing weights
+    out = cfg.output_dir
+    ckpt_dir = os.path.join(out, "checkpoints")
+    if rank == 0:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(out, "config.yaml"))
+    train_set = build_dataset(cfg, "train", seed=cfg.seed)
+    val_set = build_dataset(cfg, "val", seed=cfg.seed)
+    workers = cfg.data.num_workers
+    train_loader, train_sampler = make_loader(train_set, per_process, True, rank, world, cfg.seed, workers)
+    val_loader, _ = make_loader(val_set, max(1, per_process // 2), False, rank, world, cfg.seed, workers)
+    if len(train_loader) < sched.accumulation_steps:
+        raise ValueError(f"{len(train_set)} training videos make fewer batches than one optimiser update")
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    trainer = build_trainer(model, cfg, device, updates_per_epoch=len(train_loader) // sched.accumulation_steps)
+    config = to_dict(cfg)
+    class_names = read_class_names(cfg.data.class_names) if cfg.data.class_names else [
+        str(k) for k in range(cfg.data.num_classes)]
+    pairs = order_pairs_of(cfg.data.root)
+    metadata = {"class_names": json.dumps(class_names)}
+
+    start_epoch, best_top1, last_eval, skipped_train = 0, -1.0, None, 0
+    resume_from = find_resume_checkpoint(cfg)
+    if resume_from:
+        state = torch.load(resume_from, map_location="cpu", weights_only=False)
+        load_trainable_state(unwrap(model), state["trainable"], source=resume_from)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.scaler.load_state_dict(state["scaler"])
+        trainer.updates = state["updates"]
+        start_epoch, best_top1, skipped_train = state["epoch"], state["best_top1"], state["skipped_train"]
+        last_eval = state["last_eval"]
+        set_rng_state(state["rng"][rank])
+        if rank == 0:
+            print(f"resumed from {resume_from} after epoch {start_epoch}")
+
+    metrics = MetricsLog(out, enabled=rank == 0)
+    for epoch in range(start_epoch, sched.epochs):
+        train_sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        epoch_start = time.time()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{sched.epochs}", disable=rank != 0, leave=False)
+        stats = trainer.train_epoch(bar, progress=bar if rank == 0 else None)
+        totals = sum_over_ranks({"loss": stats["loss"] * stats["clips"], "clips": stats["clips"],
+                                 "skipped": stats["skipped"]}, world)
+        skipped_train += int(totals["skipped"])
+        values = {"train_loss": totals["loss"] / max(totals["clips"], 1), "lr": trainer.optimizer.param_groups[0]["lr"],
+                  "train_skipped_videos": int(totals["skipped"]), "epoch_seconds": time.time() - epoch_start}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == sched.epochs:
+            result = evaluate(model, val_loader, device, cfg.data.max_views_per_forward, trainer.precision,
+                              progress=rank == 0)
+            last_eval = {**report(result["probs"], result["labels"], pairs), "skipped": result["skipped"]}
+            values.update(val_top1=last_eval["top1"], val_top5=last_eval["top5"], val_skipped_videos=result["skipped"])
+            if "order_top1" in last_eval:
+                values["val_order_top1"] = last_eval["order_top1"]
+            if rank == 0 and last_eval["top1"] > best_top1:
+                best_top1 = last_eval["top1"]
+                save_trainable(unwrap(model), os.path.join(ckpt_dir, "best.safetensors"), config,
+                               {**metadata, "epoch": str(epoch + 1), "val_top1": f"{best_top1:.6f}"})
+        metrics.log(epoch + 1, **values)
+        if rank == 0:
+            line = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+            print(f"epoch {epoch + 1}/{sched.epochs}: {line}", flush=True)
+        rngs = all_rng_states(world)  # every rank takes part; rank 0 writes
+        if rank == 0:
+            atomic_torch_save({
+                "trainable": {k: v.cpu().clone() for k, v in trainable_state(unwrap(model)).items()},
+                "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+                "scaler": trainer.scaler.state_dict(), "updates": trainer.updates, "epoch": epoch + 1,
+                "best_top1": best_top1, "last_eval": last_eval, "skipped_train": skipped_train,
+                "rng": rngs, "config": config,
+            }, os.path.join(ckpt_dir, "last.pt"))
+
+    counts = count_parameters(unwrap(model))
+    digests = trainable_digests(unwrap(model), world)
+    final = {
+        "val_top1": last_eval["top1"], "val_top5": last_eval["top5"], "best_val_top1": best_top1,
+        **({"val_order_top1": last_eval["order_top1"], "val_appearance_top1": last_eval["appearance_top1"]}
+           if "order_top1" in last_eval else {}),
+        **counts, "epochs": sched.epochs, "wall_seconds": round(time.time() - started, 1),
+        "variant": cfg.model.variant, "world_size": world, "device": str(device),
+        "skipped_videos_train": skipped_train, "skipped_videos_val": last_eval["skipped"],
+        "ranks_in_sync": len(set(digests)) == 1,
+    }
+    if rank == 0:
+        save_trainable(unwrap(model), os.path.join(out, "final.safetensors"), config,
+                       {**metadata, "epoch": str(sched.epochs), "val_top1": f"{final['val_top1']:.6f}"})
+        write_report_files(last_eval, class_names, os.path.join(out, "eval"))
+        with open(os.path.join(out, "final.json"), "w") as f:
+            json.dump(final, f, indent=2)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final

@@ -1,0 +1,168 @@
+"""The training step and epoch, shared by `aimfl train` (centralized, DDP) and the Flower clients.
+
+- AdamW over the trainable set only, in parameter groups: no weight decay on norms, biases
+  and embeddings unless `schedule.decay_norm_bias_embed`, and an lr multiplier for everything
+  but the head (`schedule.backbone_lr_mult`; the official ViT-L/14 recipe uses 0.1).
+- timm's CosineLRScheduler with linear warmup, stepped every optimiser update.
+- bf16 autocast on GPUs, fp32 on the CPU (fp16 with a GradScaler on request), gradient
+  clipping, gradient accumulation, label smoothing and timm's mixup/cutmix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from aim_core.trainable import trainable_names
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"schedule.precision={precision!r}; choose auto, fp32, bf16 or fp16")
+    return precision
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def parameter_groups(model: nn.Module, schedule) -> list[dict]:
+    """Trainable parameters grouped by (weight decay, lr scale)."""
+    params = dict(unwrap(model).named_parameters())
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name in trainable_names(unwrap(model)):
+        param = params[name]
+        no_decay = param.ndim <= 1 or "temporal_embedding" in name or "temporal_bias" in name
+        decay = schedule.weight_decay if schedule.decay_norm_bias_embed or not no_decay else 0.0
+        lr_scale = 1.0 if name.startswith("head.") else schedule.backbone_lr_mult
+        groups.setdefault((decay, lr_scale), []).append(param)
+    return [{"params": p, "weight_decay": wd, "lr_scale": scale} for (wd, scale), p in groups.items()]
+
+
+def build_optimizer(model: nn.Module, schedule) -> torch.optim.AdamW:
+    # each group's lr is the base lr; timm's scheduler multiplies it by the group's lr_scale
+    return torch.optim.AdamW(parameter_groups(model, schedule), lr=schedule.lr, betas=tuple(schedule.betas))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule, updates_per_epoch: int) -> CosineLRScheduler:
+    warmup = round(schedule.warmup_epochs * updates_per_epoch)
+    total = max(round(schedule.epochs * updates_per_epoch) - warmup, 1)
+    return CosineLRScheduler(optimizer, t_initial=total, lr_min=schedule.min_lr, warmup_t=warmup,
+                             warmup_lr_init=schedule.warmup_lr_init, warmup_prefix=True, t_in_epochs=False)
+
+
+def build_mixup(schedule, num_classes: int) -> Mixup | None:
+    if schedule.mixup <= 0 and schedule.cutmix <= 0:
+        return None
+    return Mixup(mixup_alpha=schedule.mixup, cutmix_alpha=schedule.cutmix, prob=schedule.mixup_prob,
+                 switch_prob=schedule.mixup_switch_prob, label_smoothing=schedule.label_smoothing,
+                 num_classes=num_classes)
+
+
+@dataclass
+class Trainer:
+    """Everything one optimiser update touches, built once per run (or per federated round)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    device: torch.device
+    precision: str
+    accumulation_steps: int = 1
+    clip_grad: float | None = None
+    mixup: Mixup | None = None
+    label_smoothing: float = 0.0
+    # extra loss on the model, e.g. FedProx's proximal term; None for plain training
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None
+    scaler: torch.amp.GradScaler = field(init=False)
+    updates: int = 0
+
+    def __post_init__(self):
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.soft_loss = SoftTargetCrossEntropy()
+        self.hard_loss = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def loss(self, video: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.mixup is not None:
+            batch, frames = video.shape[:2]
+            # timm mixes (B, C, H, W) images; folding time into channels mixes whole clips in place
+            flat = video.view(batch, -1, *video.shape[-2:])
+            flat, targets = self.mixup(flat, labels)
+            video = flat.view_as(video)
+        with autocast(self.device, self.precision):
+            logits = self.model(video)
+        loss = self.soft_loss(logits.float(), targets) if self.mixup is not None else self.hard_loss(logits.float(), labels)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer(unwrap(self.model))
+        return loss
+
+    def step(self, video: torch.Tensor, labels: torch.Tensor, micro_step: int) -> float:
+        """One micro-batch: forward, backward, and an optimiser update every `accumulation_steps`."""
+        video = video.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        update = (micro_step + 1) % self.accumulation_steps == 0
+        sync = contextlib.nullcontext()
+        if not update and isinstance(self.model, nn.parallel.DistributedDataParallel):
+            sync = self.model.no_sync()  # accumulate locally; all-reduce only on the update
+        with sync:
+            loss = self.loss(video, labels)
+            self.scaler.scale(loss / self.accumulation_steps).backward()
+        if update:
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.updates += 1
+            self.scheduler.step_update(self.updates)
+        return loss.item()
+
+    def train_epoch(self, batches: Iterable[dict], progress=None) -> dict:
+        """One pass over `batches`; returns the mean loss, clips seen and unreadable videos skipped."""
+        self.model.train()
+        total_loss, clips, skipped, micro = 0.0, 0, 0, 0
+        for micro, batch in enumerate(batches):
+            loss = self.step(batch["video"], batch["label"], micro)
+            total_loss += loss * len(batch["label"])
+            clips += len(batch["label"])
+            skipped += int(batch["skipped"].sum())
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        return {"loss": total_loss / max(clips, 1), "clips": clips, "skipped": skipped}
+
+
+def build_trainer(model: nn.Module, cfg, device: torch.device, updates_per_epoch: int,
+                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> Trainer:
+    schedule = cfg.schedule
+    optimizer = build_optimizer(model, schedule)
+    return Trainer(
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, schedule, updates_per_epoch),
+        device=device,
+        precision=resolve_precision(schedule.precision, device),
+        accumulation_steps=schedule.accumulation_steps,
+        clip_grad=schedule.clip_grad,
+        mixup=build_mixup(schedule, cfg.data.num_classes),
+        label_smoothing=schedule.label_smoothing,
+        regularizer=regularizer,
+    )

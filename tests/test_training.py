@@ -1,0 +1,178 @@
+"""Centralized training: DDP equivalence, kill-and-resume, eval/predict, the training step's parts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aim_core.config import load_config
+from aim_core.evaluation import average_view_probabilities
+from aim_core.model import build_model
+from aim_core.training import build_mixup, build_optimizer, build_scheduler, Trainer
+
+# A tiny random backbone on the session's synthetic world: deterministic (no dropout, no drop path).
+def tiny_overrides(world, out, *extra):
+    return [
+        "model.backbone.checkpoint=null", "model.backbone.overrides.embed_dim=32", "model.backbone.overrides.depth=2",
+        "model.backbone.overrides.num_heads=2", "model.head_dropout=0", "model.drop_path_rate=0",
+        f"data.root={world}", "data.num_frames=4", "data.num_workers=0", "data.input_size=32", "data.short_side=32",
+        "schedule.epochs=3", "schedule.warmup_epochs=1", "schedule.batch_size=8", "schedule.lr=3e-3",
+        f"output_dir={out}", *extra,
+    ]
+
+
+def aimfl(*args, env=None, check=True):
+    return subprocess.run([sys.executable, "-m", "aim_core.cli", *args], capture_output=True, text=True,
+                          check=check, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_world, tmp_path_factory):
+    """An uninterrupted 3-epoch run (the reference for the resume and DDP tests)."""
+    out = tmp_path_factory.mktemp("run_full")
+    aimfl("train", "synthetic", *tiny_overrides(synthetic_world, out))
+    return out
+
+
+def test_a_run_writes_final_json_checkpoints_and_reports(trained_run):
+    final = json.loads((trained_run / "final.json").read_text())
+    for key in ("val_top1", "val_top5", "trainable_params", "epochs", "wall_seconds", "val_order_top1"):
+        assert key in final
+    assert final["epochs"] == 3 and 0 <= final["val_top1"] <= final["val_top5"] <= 1
+    lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    for name in ("final.safetensors", "checkpoints/last.pt", "checkpoints/best.safetensors",
+                 "eval/per_class_accuracy.csv", "eval/confusion_matrix.png"):
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tensorboard").iterdir())
+
+
+def test_kill_and_resume_reaches_the_same_weights(synthetic_world, trained_run, tmp_path):
+    out = tmp_path / "run_killed"
+    cmd = [sys.executable, "-m", "aim_core.cli", "train", "synthetic", *tiny_overrides(synthetic_world, out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=False)["epoch"] >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be interrupted"
+    assert not (out / "final.json").exists()
+    interrupted_at = torch.load(last, weights_only=False)["epoch"]
+    assert 1 <= interrupted_at < 3
+
+    resumed = aimfl("train", "synthetic", *tiny_overrides(synthetic_world, out, "resume=auto"))
+    assert f"resumed from {last} after epoch {interrupted_at}" in resumed.stdout
+    reference, result = load_file(trained_run / "final.safetensors"), load_file(out / "final.safetensors")
+    assert reference.keys() == result.keys()
+    for key in reference:
+        torch.testing.assert_close(result[key], reference[key], rtol=0, atol=1e-6, msg=key)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics][-2:] == [2, 3]
+
+
+def test_ddp_two_gloo_ranks_match_one_process(synthetic_world, trained_run, tmp_path):
+    """2 ranks x batch 4 (DDP, gloo) against 1 process x batch 8: the same total batch of the same clips."""
+    out = tmp_path / "run_ddp"
+    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "aim_core.cli", "train", "synthetic",
+           *tiny_overrides(synthetic_world, out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    final = json.loads((out / "final.json").read_text())
+    assert final["world_size"] == 2 and final["ranks_in_sync"] is True
+    reference, result = load_file(trained_run / "final.safetensors"), load_file(out / "final.safetensors")
+    for key in reference:
+        torch.testing.assert_close(result[key], reference[key], rtol=1e-4, atol=2e-5, msg=key)
+
+
+def test_eval_cli_writes_per_class_csv_and_confusion_png(synthetic_world, trained_run, tmp_path):
+    out = tmp_path / "eval"
+    result = aimfl("eval", "synthetic", *tiny_overrides(synthetic_world, trained_run),
+                   "--checkpoint", str(trained_run / "final.safetensors"), "--out", str(out))
+    summary = json.loads(result.stdout)
+    final = json.loads((trained_run / "final.json").read_text())
+    assert summary["top1"] == pytest.approx(final["val_top1"])  # the same multi-view protocol as training
+    rows = (out / "per_class_accuracy.csv").read_text().splitlines()
+    assert rows[0] == "class_index,class_name,videos,top1" and len(rows) == 11
+    assert (out / "confusion_matrix.png").stat().st_size > 5000
+
+
+def test_predict_prints_top5_class_names(synthetic_world, trained_run):
+    video = synthetic_world / open(synthetic_world / "val.txt").readline().split()[0]
+    result = aimfl("predict", str(video), "--checkpoint", str(trained_run / "final.safetensors"))
+    lines = result.stdout.strip().splitlines()
+    names = (synthetic_world / "classes.txt").read_text().split()
+    assert len(lines) == 5
+    probs = [float(line.split()[0]) for line in lines]
+    assert all(line.split()[1] in names for line in lines)
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_missing_pretrained_checkpoint_fails_before_training(synthetic_world, tmp_path):
+    out = tmp_path / "never"
+    result = aimfl("train", "synthetic", f"data.root={synthetic_world}", "model.backbone.checkpoint=/nowhere/vit.pth",
+                   f"output_dir={out}", check=False)
+    assert result.returncode == 2
+    assert "/nowhere/vit.pth" in result.stderr and "aimfl pretrain-image" in result.stderr
+    assert not out.exists()
+
+
+def test_view_averaging_with_a_constant_view():
+    """One random view and one constant view: the result is the mean of their softmaxes."""
+    head = torch.nn.Linear(3, 4)
+    model = lambda clips: head(clips.mean(dim=(1, 3, 4)))  # noqa: E731
+    random_view = torch.randn(1, 2, 3, 8, 8)
+    constant_view = torch.zeros(1, 2, 3, 8, 8)
+    views = torch.stack([random_view, constant_view], dim=1)  # (B=1, V=2, T, C, H, W)
+    expected = (model(random_view).softmax(-1) + model(constant_view).softmax(-1)) / 2
+    for cap in (1, 2):
+        torch.testing.assert_close(average_view_probabilities(model, views, cap), expected)
+
+
+def test_parameter_groups_and_schedule(tiny_cfg):
+    cfg = tiny_cfg("tiny_clip", "schedule.backbone_lr_mult=0.1", "schedule.lr=1e-3", "schedule.epochs=10",
+                   "schedule.warmup_epochs=2")
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg.schedule)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            assert group["weight_decay"] == (0.0 if p.ndim == 1 or "temporal" in name else 0.05), name
+            assert group["lr_scale"] == (1.0 if name.startswith("head.") else 0.1), name
+    scheduler = build_scheduler(optimizer, cfg.schedule, updates_per_epoch=5)
+    head = next(g for g in optimizer.param_groups if g["lr_scale"] == 1.0)
+    lrs = []
+    for step in range(51):
+        scheduler.step_update(step)
+        lrs.append(head["lr"])
+    assert lrs[0] == 0.0 and lrs[10] == pytest.approx(1e-3)  # linear warmup over 2 epochs x 5 updates
+    assert lrs[5] == pytest.approx(5e-4) and lrs[50] == pytest.approx(0.0, abs=1e-9)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay after warmup
+    adapter = next(g for g in optimizer.param_groups if g["lr_scale"] == 0.1)
+    assert adapter["lr"] == pytest.approx(0.0)
+
+
+def test_mixup_and_cutmix_mix_whole_clips(tiny_cfg):
+    cfg = tiny_cfg("tiny_clip", "schedule.mixup=0.8", "schedule.cutmix=1.0", "schedule.label_smoothing=0.1")
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg.schedule)
+    trainer = Trainer(model, optimizer, build_scheduler(optimizer, cfg.schedule, 1), torch.device("cpu"), "fp32",
+                      mixup=build_mixup(cfg.schedule, cfg.data.num_classes))
+    torch.manual_seed(0)
+    video = torch.randn(4, cfg.data.num_frames, 3, 32, 32)
+    for _ in range(4):
+        clips = video.clone()
+        loss = trainer.loss(clips, torch.tensor([0, 1, 2, 3]))
+        assert torch.isfinite(loss)
+        changed = (clips != video).any(dim=2)  # (B, T, H, W): which pixels mixing touched
+        assert torch.equal(changed, changed[:, :1].expand_as(changed))  # the same pixels in every frame
+        assert changed.any()
