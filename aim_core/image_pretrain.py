@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from aim_core.backbones import build_timm_model
-from aim_core.synthetic import CLASSES, COLOURS, MOTION_SHAPES, SITE_BACKGROUNDS, object_track, render_frame, sample_spec
+from aim_core.synthetic import (
+    CLASSES,
+    COLOURS,
+    MOTION_SHAPES,
+    SITE_BACKGROUNDS,
+    object_track,
+    render_frame,
+    sample_spec,
+)
 
 SHAPES = list(MOTION_SHAPES) + [name for name, _ in CLASSES[6:]]
 # attribute -> number of classes; position, size and opacity are binned

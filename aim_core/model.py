@@ -23,7 +23,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from aim_core.adapter import Adapter
-from aim_core.attention import FrozenAttention
 from aim_core.backbones import ViTBlockParts, build_vit_parts
 
 

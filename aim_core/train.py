@@ -49,8 +49,9 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 def make_loader(dataset, batch_size: int, train: bool, rank: int, world: int, seed: int, workers: int):
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    # training workers are not persistent: each epoch's workers must get the dataset's new epoch (its RNG seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=train,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0 and not train)
     return loader, sampler
 
 

@@ -121,7 +121,7 @@ class VideoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         requested, skipped = index, 0
-        for attempt in range(self.cfg.max_read_attempts):
+        for _ in range(self.cfg.max_read_attempts):
             record = self.records[index]
             try:
                 video = self._load(record, rng)
