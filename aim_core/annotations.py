@@ -47,6 +47,13 @@ def read_class_names(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
+def class_names_of(data_cfg) -> list[str]:
+    """The class names of a data config: from `data.class_names`, else the class indices as text."""
+    if data_cfg.class_names:
+        return read_class_names(data_cfg.class_names)
+    return [str(k) for k in range(data_cfg.num_classes)]
+
+
 def detect_format(path: str) -> str:
     if path.endswith(".csv"):
         return "kinetics_csv"

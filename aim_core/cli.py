@@ -79,7 +79,7 @@ def build_for_inference(cfg, checkpoint: str):
 def cmd_eval(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
 
-    from aim_core.annotations import read_class_names
+    from aim_core.annotations import class_names_of
     from aim_core.evaluation import evaluate, order_pairs_of, report, write_report_files
     from aim_core.training import resolve_precision
     from aim_core.video_data import build_dataset
@@ -91,8 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                       resolve_precision(cfg.schedule.precision, device), progress=True)
     summary = {**report(result["probs"], result["labels"], order_pairs_of(cfg.data.root)),
                "skipped_videos": result["skipped"], "checkpoint": os.path.abspath(args.checkpoint)}
-    names = read_class_names(cfg.data.class_names) if cfg.data.class_names else [
-        str(k) for k in range(cfg.data.num_classes)]
+    names = class_names_of(cfg.data)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
     write_report_files(summary, names, out)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion", "per_class_accuracy")}, indent=2))
@@ -100,24 +99,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from aim_core.annotations import VideoRecord, read_class_names
+    from aim_core.annotations import VideoRecord, class_names_of
     from aim_core.evaluation import average_view_probabilities
     from aim_core.training import resolve_precision
     from aim_core.video_data import VideoDataset
 
     cfg = load_checkpoint_config(args.checkpoint, args.config, args.overrides)
     model, device, metadata = build_for_inference(cfg, args.checkpoint)
-    if "class_names" in metadata:
-        names = json.loads(metadata["class_names"])
-    elif cfg.data.class_names:
-        names = read_class_names(cfg.data.class_names)
-    else:
-        names = [str(k) for k in range(cfg.data.num_classes)]
-    dataset = VideoDataset([VideoRecord(os.path.abspath(args.video), 0)], "", cfg.data, cfg.model.backbone.mean,
-                           cfg.model.backbone.std, train=False)
-    item = dataset[0]
-    if item["skipped"]:
-        raise SystemExit(f"aimfl: cannot read {args.video}")
+    names = json.loads(metadata["class_names"]) if "class_names" in metadata else class_names_of(cfg.data)
+    video = os.path.abspath(args.video)
+    dataset = VideoDataset([VideoRecord(video, 0)], "", cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std,
+                           train=False)
+    try:
+        item = dataset[0]
+    except RuntimeError as err:  # the only video could not be read
+        raise SystemExit(f"aimfl: cannot read {video}") from err
     probs = average_view_probabilities(model, item["video"][None].to(device), cfg.data.max_views_per_forward,
                                        resolve_precision(cfg.schedule.precision, device))[0]
     top = probs.topk(min(args.top, len(names)))

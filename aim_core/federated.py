@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-UPDATE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+UPDATE_DTYPES = {"fp32": "float32", "fp16": "float16"}  # the wire dtypes, named as torch and numpy name them
 
 
 def encode_state(state: dict[str, torch.Tensor], dtype: str) -> ArrayRecord:
     """A trainable state as an ArrayRecord in the wire dtype (`fp32` or `fp16`)."""
     if dtype not in UPDATE_DTYPES:
         raise ValueError(f"update dtype {dtype!r}; choose one of {', '.join(UPDATE_DTYPES)}")
-    wire = UPDATE_DTYPES[dtype]
+    wire = getattr(torch, UPDATE_DTYPES[dtype])
     return ArrayRecord({k: v.detach().to("cpu", wire).contiguous() for k, v in state.items()})
 
 
@@ -52,7 +52,7 @@ def update_problem(
     missing, unexpected = sorted(expected.keys() - record.keys()), sorted(record.keys() - expected.keys())
     if missing or unexpected:
         return f"key set differs: {len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
-    wire = np.dtype(str(UPDATE_DTYPES[dtype]).removeprefix("torch."))
+    wire = np.dtype(UPDATE_DTYPES[dtype])
     squared = 0.0
     for key, shape in expected.items():
         array = record[key]

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
 
 from aim_core.backbones import build_timm_model
 from aim_core.synthetic import (
@@ -63,15 +64,24 @@ def make_frames(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.T
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
-def attribute_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    total, accuracies, start = 0.0, {}, 0
+def attribute_slices(logits: torch.Tensor):
+    """(name, logits of that attribute, column of the label) for every attribute."""
+    start = 0
     for k, (name, classes) in enumerate(ATTRIBUTES.items()):
-        part, target = logits[:, start:start + classes], labels[:, k]
+        yield name, logits[:, start:start + classes], k
         start += classes
-        total = total + F.cross_entropy(part, target, ignore_index=IGNORE)
-        valid = target != IGNORE
-        accuracies[name] = (part[valid].argmax(1) == target[valid]).float().mean().item()
-    return total, accuracies
+
+
+def attribute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return sum(F.cross_entropy(part, labels[:, k], ignore_index=IGNORE) for _, part, k in attribute_slices(logits))
+
+
+def attribute_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    accuracy = {}
+    for name, part, k in attribute_slices(logits):
+        valid = labels[:, k] != IGNORE
+        accuracy[name] = (part[valid].argmax(1) == labels[valid, k]).float().mean().item()
+    return accuracy
 
 
 def pretrain_image_model(cfg, out: str, progress: bool = True) -> dict:
@@ -95,8 +105,6 @@ def pretrain_image_model(cfg, out: str, progress: bool = True) -> dict:
     train_x, train_y = make_frames(p.train_frames, size, p.seed)
     val_x, val_y = make_frames(p.val_frames, size, p.seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    from timm.scheduler import CosineLRScheduler
-
     scheduler = CosineLRScheduler(optimizer, t_initial=p.steps - p.warmup_steps, warmup_t=p.warmup_steps,
                                   warmup_prefix=True, t_in_epochs=False)
     gen = torch.Generator().manual_seed(p.seed)
@@ -105,18 +113,20 @@ def pretrain_image_model(cfg, out: str, progress: bool = True) -> dict:
     bar = tqdm(range(p.steps), desc="pre-training the image model", disable=not progress)
     for step in bar:
         idx = torch.randint(len(train_x), (p.batch_size,), generator=gen)
-        loss, acc = attribute_losses(model(normalise(train_x[idx])), train_y[idx])
+        logits = model(normalise(train_x[idx]))
+        loss = attribute_loss(logits, train_y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step_update(step + 1)
         if step % 50 == 0 or step == p.steps - 1:
+            acc = attribute_accuracy(logits, train_y[idx])
             history.append({"step": step, "loss": round(loss.item(), 4)})
             bar.set_postfix(loss=f"{loss.item():.3f}", shape=f"{acc['shape']:.2f}", x=f"{acc['x']:.2f}")
     model.eval()
     with torch.no_grad():
         logits = torch.cat([model(normalise(chunk)) for chunk in val_x.split(512)])
-        val_loss, val_acc = attribute_losses(logits, val_y)
+        val_loss, val_acc = attribute_loss(logits, val_y), attribute_accuracy(logits, val_y)
     card = {
         "what": "timm ViT pre-trained locally on single frames of the aimfl synthetic world (not a public checkpoint)",
         "labels": {name: classes for name, classes in ATTRIBUTES.items()},

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
-from aim_core.annotations import read_class_names
+from aim_core.annotations import class_names_of
 from aim_core.config import to_dict
 from aim_core.evaluation import evaluate, order_pairs_of, report, write_report_files
 from aim_core.model import build_model
@@ -131,7 +131,7 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({"epoch": epoch, **values}) + "\n")
         for key, value in values.items():
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
 
@@ -168,8 +168,7 @@ def run(cfg) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = build_trainer(model, cfg, device, updates_per_epoch=len(train_loader) // sched.accumulation_steps)
     config = to_dict(cfg)
-    class_names = read_class_names(cfg.data.class_names) if cfg.data.class_names else [
-        str(k) for k in range(cfg.data.num_classes)]
+    class_names = class_names_of(cfg.data)
     pairs = order_pairs_of(cfg.data.root)
     metadata = {"class_names": json.dumps(class_names)}
 
@@ -194,7 +193,7 @@ def run(cfg) -> dict:
         train_set.set_epoch(epoch)
         epoch_start = time.time()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{sched.epochs}", disable=rank != 0, leave=False)
-        stats = trainer.train_epoch(bar, progress=bar if rank == 0 else None)
+        stats = trainer.train_epoch(bar, progress=bar)
         totals = sum_over_ranks({"loss": stats["loss"] * stats["clips"], "clips": stats["clips"],
                                  "skipped": stats["skipped"]}, world)
         skipped_train += int(totals["skipped"])

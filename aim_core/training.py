@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -90,32 +90,31 @@ class Trainer:
     clip_grad: float | None = None
     mixup: Mixup | None = None
     label_smoothing: float = 0.0
-    # extra loss on the model, e.g. FedProx's proximal term; None for plain training
-    regularizer: Callable[[nn.Module], torch.Tensor] | None = None
     scaler: torch.amp.GradScaler = field(init=False)
     updates: int = 0
 
     def __post_init__(self):
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.soft_loss = SoftTargetCrossEntropy()
         self.hard_loss = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
 
     def loss(self, video: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.mixup is not None:
-            batch, frames = video.shape[:2]
             # timm mixes (B, C, H, W) images; folding time into channels mixes whole clips in place
-            flat = video.view(batch, -1, *video.shape[-2:])
+            flat = video.view(video.shape[0], -1, *video.shape[-2:])
             flat, targets = self.mixup(flat, labels)
             video = flat.view_as(video)
         with autocast(self.device, self.precision):
             logits = self.model(video)
-        loss = self.soft_loss(logits.float(), targets) if self.mixup is not None else self.hard_loss(logits.float(), labels)
-        if self.regularizer is not None:
-            loss = loss + self.regularizer(unwrap(self.model))
-        return loss
+        if self.mixup is not None:
+            return self.soft_loss(logits.float(), targets)
+        return self.hard_loss(logits.float(), labels)
 
-    def step(self, video: torch.Tensor, labels: torch.Tensor, micro_step: int) -> float:
-        """One micro-batch: forward, backward, and an optimiser update every `accumulation_steps`."""
+    def step(self, video: torch.Tensor, labels: torch.Tensor, micro_step: int) -> torch.Tensor:
+        """One micro-batch: forward, backward, and an optimiser update every `accumulation_steps`.
+
+        Returns the detached loss, left on the device: reading it would wait for the GPU every step."""
         video = video.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         update = (micro_step + 1) % self.accumulation_steps == 0
@@ -128,30 +127,31 @@ class Trainer:
         if update:
             if self.clip_grad:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.clip_grad)
+                nn.utils.clip_grad_norm_(self.params, self.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.updates += 1
             self.scheduler.step_update(self.updates)
-        return loss.item()
+        return loss.detach()
 
-    def train_epoch(self, batches: Iterable[dict], progress=None) -> dict:
-        """One pass over `batches`; returns the mean loss, clips seen and unreadable videos skipped."""
+    def train_epoch(self, batches: Iterable[dict], progress=None, postfix_every: int = 10) -> dict:
+        """One pass over `batches`; returns the mean loss, clips seen and unreadable videos skipped.
+
+        `progress` (a tqdm bar) shows the loss every `postfix_every` micro-batches."""
         self.model.train()
-        total_loss, clips, skipped, micro = 0.0, 0, 0, 0
+        total_loss, clips, skipped = torch.zeros((), device=self.device), 0, 0
         for micro, batch in enumerate(batches):
             loss = self.step(batch["video"], batch["label"], micro)
             total_loss += loss * len(batch["label"])
             clips += len(batch["label"])
             skipped += int(batch["skipped"].sum())
-            if progress is not None:
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        return {"loss": total_loss / max(clips, 1), "clips": clips, "skipped": skipped}
+            if progress is not None and micro % postfix_every == 0:
+                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        return {"loss": total_loss.item() / max(clips, 1), "clips": clips, "skipped": skipped}
 
 
-def build_trainer(model: nn.Module, cfg, device: torch.device, updates_per_epoch: int,
-                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> Trainer:
+def build_trainer(model: nn.Module, cfg, device: torch.device, updates_per_epoch: int) -> Trainer:
     schedule = cfg.schedule
     optimizer = build_optimizer(model, schedule)
     return Trainer(
@@ -164,5 +164,4 @@ def build_trainer(model: nn.Module, cfg, device: torch.device, updates_per_epoch
         clip_grad=schedule.clip_grad,
         mixup=build_mixup(schedule, cfg.data.num_classes),
         label_smoothing=schedule.label_smoothing,
-        regularizer=regularizer,
     )

@@ -154,19 +154,18 @@ def class_stratified_fraction(records: list[VideoRecord], fraction: float, seed:
     return [records[i] for i in sorted(keep)]
 
 
-def build_dataset(cfg, split: str, records: list[VideoRecord] | None = None, seed: int = 0) -> VideoDataset:
-    """The train or val dataset of a full config; `records` replaces the configured list (federated shards).
+def build_dataset(cfg, split: str, seed: int = 0) -> VideoDataset:
+    """The train or val dataset of a full config.
 
-    `data.fraction` keeps that fraction of each class of the configured train list (Fig. 3).
+    `data.fraction` keeps that fraction of each class of the train list (Fig. 3).
     """
     data = cfg.data
-    if records is None:
-        list_path = data.train_list if split == "train" else data.val_list
-        if not list_path:
-            raise ValueError(f"data.{split}_list is not set")
-        records = read_annotations(list_path, data.list_format, data.class_names)
-        if split == "train":
-            records = class_stratified_fraction(records, data.fraction, seed)
+    list_path = data.train_list if split == "train" else data.val_list
+    if not list_path:
+        raise ValueError(f"data.{split}_list is not set")
+    records = read_annotations(list_path, data.list_format, data.class_names)
+    if split == "train":
+        records = class_stratified_fraction(records, data.fraction, seed)
     labels = [r.label for r in records]
     if max(labels) >= data.num_classes:
         raise ValueError(f"labels go up to {max(labels)} but data.num_classes={data.num_classes}")

@@ -193,3 +193,20 @@ def test_training_loader_workers_see_each_new_epoch(tiny_cfg, synthetic_world):
         seen.append({int(i): v for batch in loader for i, v in zip(batch["index"], batch["video"])})
     common = seen[0].keys() & seen[1].keys()
     assert common and all(not torch.equal(seen[0][i], seen[1][i]) for i in common)
+
+
+def test_pretrain_image_saves_timm_weights_the_synthetic_config_loads(tiny_cfg, tmp_path):
+    from aim_core.image_pretrain import pretrain_image_model
+
+    out = tmp_path / "vit.pth"
+    steps = ["image_pretrain.steps=60", "image_pretrain.warmup_steps=10", "image_pretrain.train_frames=500",
+             "image_pretrain.val_frames=100"]
+    card = pretrain_image_model(tiny_cfg("synthetic", *steps), str(out), progress=False)
+    assert card["loss_history"][-1]["loss"] < card["loss_history"][0]["loss"]
+    saved = torch.load(out)
+    assert not any(k.startswith("head.") for k in saved)  # the attribute head is not part of the backbone
+
+    model = build_model(tiny_cfg("synthetic", f"model.backbone.checkpoint={out}").model)
+    ours = dict(model.named_parameters())
+    torch.testing.assert_close(ours["blocks.3.attn.qkv.weight"], saved["blocks.3.attn.qkv.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(ours["stem.vit.patch_embed.proj.weight"], saved["patch_embed.proj.weight"], rtol=0, atol=0)
