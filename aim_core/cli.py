@@ -134,9 +134,23 @@ def cmd_pretrain_image(args: argparse.Namespace) -> None:
                       "val_accuracy": card["val_accuracy"]}, indent=2))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from aim_core.demo import run_demo
+
+    run_demo(args.out, args.data, args.config, tuple(args.overrides))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aimfl", description="AIM adapters for video, trained centrally or federated")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the main job: synthetic world, embedded image model, space-only vs "
+                                             "centralized vs federated AIM (minutes on a CPU)")
+    demo.add_argument("--out", default="outputs/demo", help="report folder")
+    demo.add_argument("--data", default="data/synthetic", help="synthetic world folder (made if missing)")
+    demo.add_argument("--config", default="demo")
+    demo.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. demo.clients=3)")
+    demo.set_defaults(run=cmd_demo)
 
     info = commands.add_parser("info", help="parameter counts and multiply-adds of a config, as JSON (offline)")
     info.add_argument("config", help="a config file, or a name in configs/ (e.g. k400_clip_vit_b16_8f)")

@@ -1,17 +1,34 @@
-"""What travels between Flower clients and the server: the trainable state only, checked on arrival.
+"""What federated clients and the server share: the run settings, the wire format, local training.
 
-The same key set (`trainable_names`) goes in both directions, as fp32 or fp16 (bf16 cannot be
-put in an ArrayRecord, so it is cast). `update_problem` is the server's check of a client reply
-before aggregation; it names what is wrong so that the rejection can be logged and counted.
+Flower's quickstart keeps one `task.py` for both apps; this is aimfl's. `client/client_app.py`
+and `server/server_app.py` import from here and from nowhere else in each other.
+
+- `FederatedSettings`: the `[tool.flwr.app.config]` knobs of pyproject.toml (their defaults live
+  there and only there), and `experiment_config`, the aimfl config they select and adjust.
+- The wire: the trainable state only (`trainable_names`), the same key set in both directions, as
+  fp32 or fp16 (bf16 cannot be put in an ArrayRecord, so it is cast). `update_problem` is the
+  server's check of a client reply before aggregation; it names what is wrong.
+- A client's data (`client_data`) and its round of local training (`train_round`), which runs the
+  same `Trainer` epochs as `aimfl train`, at the same place in the same schedule: with one client
+  and one round, federated training *is* centralized training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import shlex
+import time
+import tomllib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
+
+from aim_core.annotations import VideoRecord, read_annotations
+from aim_core.config import ConfigError, load_config
 
 UPDATE_DTYPES = {"fp32": "float32", "fp16": "float16"}  # the wire dtypes, named as torch and numpy name them
 
@@ -68,3 +85,194 @@ def update_problem(
     if max_update_norm is not None and sent is not None and math.sqrt(squared) > max_update_norm:
         return f"update norm {math.sqrt(squared):.4g} exceeds the bound {max_update_norm:.4g}"
     return None
+
+APP_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the Flower app: pyproject.toml and packages
+
+
+@dataclass(frozen=True)
+class FederatedSettings:
+    """The run config of a federated run, typed; pyproject.toml `[tool.flwr.app.config]` documents each key."""
+
+    config: str
+    overrides: str
+    num_server_rounds: int
+    stop_after_round: int
+    local_epochs: int
+    lr: float
+    warmup_rounds: int
+    batch_size: int
+    strategy: str
+    proximal_mu: float
+    server_lr: float
+    beta_1: float
+    beta_2: float
+    tau: float
+    trimmed_beta: float
+    krum_malicious_nodes: int
+    dp_noise_multiplier: float
+    dp_clipping_norm: float
+    dp_target_delta: float
+    weighting: str
+    fraction_train: float
+    fraction_evaluate: float
+    min_nodes: int
+    min_valid_replies: int
+    round_timeout: float
+    central_eval_every: int
+    client_eval_every: int
+    local_val_fraction: float
+    update_dtype: str
+    max_update_norm: float
+    partition_dir: str
+    out_dir: str
+    resume: bool
+    seed: int
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> FederatedSettings:
+        values = {}
+        for field in dataclasses.fields(cls):
+            key = field.name.replace("_", "-")
+            if key not in run_config:
+                raise ConfigError(f"run config lacks {key!r}; declare it in pyproject.toml [tool.flwr.app.config]")
+            kind = {"str": str, "int": int, "float": float, "bool": bool}[field.type]
+            value = run_config[key]
+            if kind is not str and isinstance(value, str) or kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"run config {key}={value!r} is not a {field.type}")
+            values[field.name] = kind(value)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.update_dtype not in UPDATE_DTYPES:
+            raise ConfigError(f"run config update-dtype={self.update_dtype!r}; choose one of {', '.join(UPDATE_DTYPES)}")
+        if self.weighting not in ("num-examples", "uniform"):
+            raise ConfigError(f"run config weighting={self.weighting!r}; choose num-examples or uniform")
+        if self.dp_noise_multiplier > 0 and self.weighting != "uniform":
+            raise ConfigError("differential privacy (dp-noise-multiplier > 0) needs weighting=\"uniform\": "
+                              "the accountant's sensitivity bound assumes equal client weights")
+        if self.client_eval_every and not self.local_val_fraction > 0:
+            raise ConfigError("client-eval-every > 0 needs local-val-fraction > 0 (clients evaluate on held-out videos)")
+        if not 0 <= self.local_val_fraction < 1:
+            raise ConfigError(f"run config local-val-fraction={self.local_val_fraction} must be in [0, 1)")
+
+    @property
+    def last_round(self) -> int:
+        """The round this invocation stops after (`stop-after-round` ends a run early, to resume later)."""
+        return min(self.num_server_rounds, self.stop_after_round or self.num_server_rounds)
+
+
+def default_run_config() -> dict:
+    """The `[tool.flwr.app.config]` defaults of pyproject.toml, flattened as Flower flattens them."""
+    with open(os.path.join(APP_ROOT, "pyproject.toml"), "rb") as f:
+        app_config = tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+    def flatten(node: dict, prefix: str = "") -> dict:
+        flat = {}
+        for key, value in node.items():
+            flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return flat
+
+    return flatten(app_config)
+
+
+def experiment_config(settings: FederatedSettings):
+    """The aimfl config the run trains: `config` with `overrides`, its schedule stretched over the rounds.
+
+    The cosine schedule spans rounds x local epochs, with `warmup-rounds` of warmup; every client
+    follows it by its own updates per epoch, so round r trains at the same point of the schedule
+    as epoch (r-1) x local-epochs of a centralized run.
+    """
+    epochs = settings.num_server_rounds * settings.local_epochs
+    fixed = [f"schedule.lr={settings.lr}", f"schedule.batch_size={settings.batch_size}", f"schedule.epochs={epochs}",
+             f"schedule.warmup_epochs={settings.warmup_rounds * settings.local_epochs}", f"seed={settings.seed}",
+             f"output_dir={settings.out_dir}"]
+    return load_config(settings.config, shlex.split(settings.overrides) + fixed)
+
+
+
+
+@dataclass
+class ClientData:
+    """One client's videos: `train` for local training, `val` (held out from it) for local evaluation."""
+
+    train: list[VideoRecord]
+    val: list[VideoRecord]
+    root: str  # the folder the list's paths are relative to
+    stream: int  # the client's index for seeding its epochs (its partition id)
+    source: str  # the list file, for messages
+
+
+def hold_out(records: list[VideoRecord], fraction: float, seed: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """A seeded (train, val) split of a client's list; at least one video each side when fraction > 0."""
+    if not fraction:
+        return records, []
+    order = np.random.default_rng([seed, len(records)]).permutation(len(records))
+    count = min(max(1, round(fraction * len(records))), len(records) - 1)
+    val = set(order[:count].tolist())
+    return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
+
+
+def client_data(node_config: dict, settings: FederatedSettings, cfg) -> ClientData:
+    """The shard of a simulated client: `client_{partition-id:03d}.txt` in `partition-dir`."""
+    if "partition-id" not in node_config:
+        raise KeyError(f"node config {sorted(node_config)} has no partition-id: the simulation engine sets it")
+    partition = int(node_config["partition-id"])
+    path = os.path.join(settings.partition_dir, f"client_{partition:03d}.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"partition {partition}: {os.path.abspath(path)} does not exist; write the partitions "
+                                f"with `aimfl partition LIST --out DIR` and set partition-dir=DIR in the run config")
+    train, val = hold_out(read_annotations(path, "list"), settings.local_val_fraction, settings.seed)
+    return ClientData(train, val, cfg.data.root, partition, path)
+
+
+def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int, local_epochs: int,
+                proximal_mu: float, device: torch.device, show_progress: bool = False) -> dict:
+    """`local_epochs` epochs of local training from the weights already in `model`; returns the reply metrics."""
+    from aim_core.train import make_loader
+    from aim_core.training import build_trainer, run_epoch
+    from aim_core.video_data import VideoDataset
+
+    started = time.time()
+    sched = cfg.schedule
+    dataset = VideoDataset(data.train, data.root, cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std,
+                           train=True, seed=cfg.seed)
+    per_batch = sched.batch_size // sched.accumulation_steps
+    loader, _ = make_loader(dataset, per_batch, True, 0, 1, cfg.seed, cfg.data.num_workers)
+    updates_per_epoch = len(loader) // sched.accumulation_steps
+    if updates_per_epoch == 0:
+        raise ValueError(f"{data.source}: {len(dataset)} training videos make no optimiser update at batch size "
+                         f"{sched.batch_size}; give this client more videos or lower batch-size")
+    trainer = build_trainer(model, cfg, device, updates_per_epoch)
+    trainer.start_at((server_round - 1) * local_epochs * updates_per_epoch)
+    trainer.anchor_proximal(proximal_mu)
+    loss, clips, skipped = 0.0, 0, 0
+    for local_epoch in range(local_epochs):
+        epoch = (server_round - 1) * local_epochs + local_epoch
+        stats = run_epoch(trainer, loader, epoch, cfg.seed, stream=data.stream, show_progress=show_progress,
+                          desc=f"round {server_round} epoch {local_epoch + 1}/{local_epochs}")
+        loss += stats["loss"] * stats["clips"]
+        clips += stats["clips"]
+        skipped += stats["skipped"]
+    return {"train-loss": loss / max(clips, 1), "num-examples": len(dataset), "skipped-videos": skipped,
+            "train-seconds": time.time() - started}
+
+
+def evaluate_records(model: torch.nn.Module, cfg, records: list[VideoRecord], root: str, device: torch.device,
+                     order_pairs=None, progress: bool = False) -> dict:
+    """Multi-view evaluation (as `aimfl eval`) of `model` on `records`: the report plus `loss` and `skipped`."""
+    from torch.utils.data import DataLoader
+
+    from aim_core.evaluation import evaluate, report
+    from aim_core.training import resolve_precision
+    from aim_core.video_data import VideoDataset
+
+    dataset = VideoDataset(records, root, cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std, train=False,
+                           seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=max(1, cfg.schedule.batch_size // 2), num_workers=cfg.data.num_workers)
+    result = evaluate(model, loader, device, cfg.data.max_views_per_forward,
+                      resolve_precision(cfg.schedule.precision, device), progress=progress)
+    picked = result["probs"][np.arange(len(result["labels"])), result["labels"]]
+    loss = float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    return {**report(result["probs"], result["labels"], order_pairs), "loss": loss, "skipped": result["skipped"]}

@@ -5,8 +5,8 @@
 
 Every epoch: train (DistributedSampler, progress bar on rank 0), evaluate on the val list every
 `eval_every` epochs (softmax averaged over views), log JSONL and TensorBoard, and write
-`checkpoints/last.pt` atomically (trainable state, optimiser, scheduler, scaler, epoch, each
-rank's RNG states) plus `best.safetensors`. `resume=auto` continues from `last.pt` and ends
+`checkpoints/last.pt` atomically (trainable state, optimiser, scheduler, scaler, epoch) plus
+`best.safetensors`; every epoch seeds its own RNG (`training.seed_for_epoch`). `resume=auto` continues from `last.pt` and ends
 where an uninterrupted run would. The run ends with `final.safetensors` (the trainable state,
 loadable by `aimfl eval` and `aimfl predict`), `final.json` and the eval report files.
 """
@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
@@ -30,7 +28,7 @@ from aim_core.config import to_dict
 from aim_core.evaluation import evaluate, order_pairs_of, report, write_report_files
 from aim_core.model import build_model
 from aim_core.trainable import count_parameters, load_trainable_state, save_trainable, trainable_state
-from aim_core.training import build_trainer, unwrap
+from aim_core.training import build_trainer, run_epoch, unwrap
 from aim_core.video_data import build_dataset
 
 
@@ -53,27 +51,6 @@ def make_loader(dataset, batch_size: int, train: bool, rank: int, world: int, se
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=train,
                         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0 and not train)
     return loader, sampler
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def all_rng_states(world: int) -> list[dict]:
-    if world == 1:
-        return [rng_state()]
-    states = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return states
 
 
 def trainable_digests(model: torch.nn.Module, world: int) -> list[str]:
@@ -138,8 +115,6 @@ class MetricsLog:
 
 def run(cfg) -> dict:
     """Trains as configured; returns what `final.json` holds (on every rank)."""
-    from tqdm import tqdm
-
     started = time.time()
     rank, world, device = setup_distributed()
     sched = cfg.schedule
@@ -147,9 +122,7 @@ def run(cfg) -> dict:
     if per_process * world * sched.accumulation_steps != sched.batch_size:
         raise ValueError(f"schedule.batch_size={sched.batch_size} is not divisible by {world} processes x "
                          f"{sched.accumulation_steps} accumulation steps")
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initialisation (adapters, head), the same in federated runs
 
     model = build_model(cfg.model).to(device)  # fails here, before anything is written, on missing weights
     out = cfg.output_dir
@@ -160,7 +133,7 @@ def run(cfg) -> dict:
     train_set = build_dataset(cfg, "train", seed=cfg.seed)
     val_set = build_dataset(cfg, "val", seed=cfg.seed)
     workers = cfg.data.num_workers
-    train_loader, train_sampler = make_loader(train_set, per_process, True, rank, world, cfg.seed, workers)
+    train_loader, _ = make_loader(train_set, per_process, True, rank, world, cfg.seed, workers)
     val_loader, _ = make_loader(val_set, max(1, per_process // 2), False, rank, world, cfg.seed, workers)
     if len(train_loader) < sched.accumulation_steps:
         raise ValueError(f"{len(train_set)} training videos make fewer batches than one optimiser update")
@@ -183,17 +156,14 @@ def run(cfg) -> dict:
         trainer.updates = state["updates"]
         start_epoch, best_top1, skipped_train = state["epoch"], state["best_top1"], state["skipped_train"]
         last_eval = state["last_eval"]
-        set_rng_state(state["rng"][rank])
         if rank == 0:
             print(f"resumed from {resume_from} after epoch {start_epoch}")
 
     metrics = MetricsLog(out, enabled=rank == 0)
     for epoch in range(start_epoch, sched.epochs):
-        train_sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
         epoch_start = time.time()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{sched.epochs}", disable=rank != 0, leave=False)
-        stats = trainer.train_epoch(bar, progress=bar)
+        stats = run_epoch(trainer, train_loader, epoch, cfg.seed, desc=f"epoch {epoch + 1}/{sched.epochs}",
+                          show_progress=rank == 0)
         totals = sum_over_ranks({"loss": stats["loss"] * stats["clips"], "clips": stats["clips"],
                                  "skipped": stats["skipped"]}, world)
         skipped_train += int(totals["skipped"])
@@ -214,14 +184,13 @@ def run(cfg) -> dict:
         if rank == 0:
             line = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
             print(f"epoch {epoch + 1}/{sched.epochs}: {line}", flush=True)
-        rngs = all_rng_states(world)  # every rank takes part; rank 0 writes
         if rank == 0:
             atomic_torch_save({
                 "trainable": {k: v.cpu().clone() for k, v in trainable_state(unwrap(model)).items()},
                 "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
                 "scaler": trainer.scaler.state_dict(), "updates": trainer.updates, "epoch": epoch + 1,
                 "best_top1": best_top1, "last_eval": last_eval, "skipped_train": skipped_train,
-                "rng": rngs, "config": config,
+                "config": config,
             }, os.path.join(ckpt_dir, "last.pt"))
 
     counts = count_parameters(unwrap(model))

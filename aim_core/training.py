@@ -6,14 +6,21 @@
 - timm's CosineLRScheduler with linear warmup, stepped every optimiser update.
 - bf16 autocast on GPUs, fp32 on the CPU (fp16 with a GradScaler on request), gradient
   clipping, gradient accumulation, label smoothing and timm's mixup/cutmix.
+- FedProx's proximal term, for federated clients (`Trainer.anchor_proximal`).
+
+Every epoch starts from RNG states seeded by (seed, epoch, stream): dropout and drop-path then
+draw the same masks in an uninterrupted run, a resumed run and a federated client training the
+same global epoch, so none of them has to carry RNG states around.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -92,6 +99,8 @@ class Trainer:
     label_smoothing: float = 0.0
     scaler: torch.amp.GradScaler = field(init=False)
     updates: int = 0
+    proximal_mu: float = 0.0
+    anchor: list[torch.Tensor] | None = None
 
     def __post_init__(self):
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -107,9 +116,20 @@ class Trainer:
             video = flat.view_as(video)
         with autocast(self.device, self.precision):
             logits = self.model(video)
-        if self.mixup is not None:
-            return self.soft_loss(logits.float(), targets)
-        return self.hard_loss(logits.float(), labels)
+        loss = self.soft_loss(logits.float(), targets) if self.mixup is not None else self.hard_loss(logits.float(), labels)
+        if self.proximal_mu:
+            loss = loss + self.proximal_mu / 2 * sum((p - a).square().sum() for p, a in zip(self.params, self.anchor))
+        return loss
+
+    def anchor_proximal(self, mu: float) -> None:
+        """FedProx: from now on the loss adds mu/2 * ||w - w_now||^2 over the trainable weights."""
+        self.proximal_mu = mu
+        self.anchor = [p.detach().clone() for p in self.params] if mu else None
+
+    def start_at(self, updates: int) -> None:
+        """Continue a schedule after `updates` optimiser updates (a federated round after earlier rounds)."""
+        self.updates = updates
+        self.scheduler.step_update(updates)
 
     def step(self, video: torch.Tensor, labels: torch.Tensor, micro_step: int) -> torch.Tensor:
         """One micro-batch: forward, backward, and an optimiser update every `accumulation_steps`.
@@ -149,6 +169,28 @@ class Trainer:
             if progress is not None and micro % postfix_every == 0:
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         return {"loss": total_loss.item() / max(clips, 1), "clips": clips, "skipped": skipped}
+
+
+def seed_for_epoch(seed: int, epoch: int, stream: int = 0) -> None:
+    """Seeds torch (CPU and CUDA), numpy and random for one epoch of one training stream.
+
+    stream: 0 for a centralized run (all DDP ranks alike), a client's index for federated clients."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    random.seed(int(state[1]))
+
+
+def run_epoch(trainer: Trainer, loader, epoch: int, seed: int, stream: int = 0, desc: str = "",
+              show_progress: bool = True) -> dict:
+    """One seeded epoch over a training loader whose sampler and dataset follow the epoch."""
+    from tqdm import tqdm
+
+    seed_for_epoch(seed, epoch, stream)
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    bar = tqdm(loader, desc=desc, disable=not show_progress, leave=False)
+    return trainer.train_epoch(bar, progress=bar)
 
 
 def build_trainer(model: nn.Module, cfg, device: torch.device, updates_per_epoch: int) -> Trainer:

@@ -9,27 +9,12 @@ import time
 
 import pytest
 import torch
+from helpers import aimfl, tiny_overrides
 from safetensors.torch import load_file
 
 from aim_core.evaluation import average_view_probabilities
 from aim_core.model import build_model
 from aim_core.training import Trainer, build_mixup, build_optimizer, build_scheduler
-
-
-# A tiny random backbone on the session's synthetic world: deterministic (no dropout, no drop path).
-def tiny_overrides(world, out, *extra):
-    return [
-        "model.backbone.checkpoint=null", "model.backbone.overrides.embed_dim=32", "model.backbone.overrides.depth=2",
-        "model.backbone.overrides.num_heads=2", "model.head_dropout=0", "model.drop_path_rate=0",
-        f"data.root={world}", "data.num_frames=4", "data.num_workers=0", "data.input_size=32", "data.short_side=32",
-        "schedule.epochs=3", "schedule.warmup_epochs=1", "schedule.batch_size=8", "schedule.lr=3e-3",
-        f"output_dir={out}", *extra,
-    ]
-
-
-def aimfl(*args, env=None, check=True):
-    return subprocess.run([sys.executable, "-m", "aim_core.cli", *args], capture_output=True, text=True,
-                          check=check, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,84 @@
+"""The Flower ClientApp: local AIM training and evaluation on one site's videos.
+
+Each message carries the global trainable state (and nothing else); the reply carries the
+trainable state after `local-epochs` epochs of the same `Trainer` steps `aimfl train` runs, plus
+scalar metrics. Videos, paths and labels never leave the client.
+
+The frozen backbone is built once per process and reused: a simulation worker serves many
+clients and rounds with one model, reloading only the trainable state from each message.
+"""
+
+from __future__ import annotations
+
+import json
+from logging import INFO
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.logger import log
+
+from aim_core.config import to_dict
+from aim_core.federated import (
+    FederatedSettings,
+    client_data,
+    decode_state,
+    encode_state,
+    evaluate_records,
+    experiment_config,
+    train_round,
+)
+from aim_core.model import build_model
+from aim_core.trainable import load_trainable_state, trainable_state
+
+app = ClientApp()
+_models: dict[str, torch.nn.Module] = {}  # model config -> the model built for it in this process
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_with(cfg, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The process's model for `cfg.model` (built on first use), holding the received trainable state."""
+    key = json.dumps(to_dict(cfg.model), sort_keys=True)
+    if key not in _models:
+        _models.clear()  # one backbone in memory at a time
+        torch.manual_seed(cfg.seed)  # the server's initialisation: random backbones (tests) match too
+        _models[key] = build_model(cfg.model).to(device())
+    model = _models[key]
+    load_trainable_state(model, {k: v.to(device()) for k, v in state.items()}, source="the server's message")
+    return model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    settings = FederatedSettings.from_run_config(context.run_config)
+    cfg = experiment_config(settings)
+    data = client_data(context.node_config, settings, cfg)
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
+    model = model_with(cfg, decode_state(msg.content["arrays"]))
+    metrics = train_round(model, cfg, data, server_round, settings.local_epochs,
+                          float(config.get("proximal-mu", 0.0)), device())
+    log(INFO, "round %d: trained on %d videos of %s in %.1f s, loss %.4f, %d unreadable skipped", server_round,
+             metrics["num-examples"], data.source, metrics["train-seconds"], metrics["train-loss"],
+             metrics["skipped-videos"])
+    reply = RecordDict({"arrays": encode_state(trainable_state(model), settings.update_dtype),
+                        "metrics": MetricRecord(metrics)})
+    return Message(content=reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    settings = FederatedSettings.from_run_config(context.run_config)
+    cfg = experiment_config(settings)
+    data = client_data(context.node_config, settings, cfg)
+    if not data.val:
+        raise ValueError(f"{data.source}: no held-out videos to evaluate on (local-val-fraction=0)")
+    model = model_with(cfg, decode_state(msg.content["arrays"]))
+    result = evaluate_records(model, cfg, data.val, data.root, device())
+    metrics = {"eval-top1": result["top1"], "eval-loss": result["loss"], "num-examples": result["videos"],
+               "skipped-videos": result["skipped"]}
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
