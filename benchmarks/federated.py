@@ -89,7 +89,7 @@ def aggregation(updates: int) -> dict:
     from server.strategy import build_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as inside a ServerApp
-    cfg = load_config("k400_clip_vit_b16_8f")
+    cfg = load_config("k400_clip_vit_b16_8f", ["model.backbone.pretrained=null"])  # shapes only: no download
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in trainable_state(build_model(cfg.model)).items()}
     params = sum(int(np.prod(s)) for s in shapes.values())
@@ -100,11 +100,10 @@ def aggregation(updates: int) -> dict:
     replies = []
     for node in range(updates):
         state = {k: v + torch.randn(v.shape, generator=generator) * 1e-3 for k, v in global_state.items()}
-        message = Message(RecordDict({"arrays": encode_state(state, "fp32"), "metrics": MetricRecord(
+        instruction = Message(RecordDict(), dst_node_id=node + 1, message_type="train")
+        replies.append(Message(RecordDict({"arrays": encode_state(state, "fp32"), "metrics": MetricRecord(
             {"train-loss": 1.0, "num-examples": 100 + node, "skipped-videos": 0, "train-seconds": 1.0})}),
-            dst_node_id=node + 1, message_type="train")
-        message.metadata.src_node_id = node + 1
-        replies.append(message)
+            reply_to=instruction))
     strategy.expect(1, encode_state(global_state, "fp32"))
     with PeakMemory() as memory:
         started = time.perf_counter()
