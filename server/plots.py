@@ -30,30 +30,25 @@ def plot_rounds(history: list[dict], out_dir: str, partition_summary: str | None
                 points.append((r["round"], value))
         return points
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in (("central top-1 (val list)", series("central", "top1")),
-                          ("central top-1, order-only pairs", series("central", "order_top1")),
-                          ("client top-1 (held-out local videos)", series("client_eval", "eval-top1"))):
-        if points:
-            ax.plot(*zip(*points), marker="o", label=label)
-    ax.set(xlabel="round", ylabel="top-1", ylim=(0, 1.02), title="Accuracy per round")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "accuracy.png"), dpi=120)
-    plt.close(fig)
+    def plot_series(lines, ylabel: str, title: str, name: str, ylim=None) -> None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, points in lines:
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
+        ax.set(xlabel="round", ylabel=ylabel, title=title, ylim=ylim)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=120)
+        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in (("client training loss", series("train_loss")), ("central val loss", series("central", "loss")),
-                          ("client eval loss", series("client_eval", "eval-loss"))):
-        if points:
-            ax.plot(*zip(*points), marker="o", label=label)
-    ax.set(xlabel="round", ylabel="cross-entropy", title="Loss per round")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=120)
-    plt.close(fig)
+    plot_series([("central top-1 (val list)", series("central", "top1")),
+                 ("central top-1, order-only pairs", series("central", "order_top1")),
+                 ("client top-1 (held-out local videos)", series("client_eval", "eval-top1"))],
+                "top-1", "Accuracy per round", "accuracy.png", ylim=(0, 1.02))
+    plot_series([("client training loss", series("train_loss")), ("central val loss", series("central", "loss")),
+                 ("client eval loss", series("client_eval", "eval-loss"))],
+                "cross-entropy", "Loss per round", "loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     sent, received, full, total_s, total_r, total_f = [], [], [], 0, 0, 0

@@ -127,7 +127,8 @@ class ValidatedAggregation:
             metrics = reply.content["metrics"]
             weight = metrics["num-examples"] if self.settings.weighting == "num-examples" else 1
             # fp32 for aggregation, and only the metrics of the contract, plus the server-chosen weight
-            reply.content["arrays"] = encode_state(decode_state(reply.content["arrays"]), "fp32")
+            if self.settings.update_dtype != "fp32":
+                reply.content["arrays"] = encode_state(decode_state(reply.content["arrays"]), "fp32")
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in TRAIN_METRICS}, WEIGHT_KEY: weight})
             self._node(node).update({k: metrics[k] for k in TRAIN_METRICS})
             accepted.append(reply)
