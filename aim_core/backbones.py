@@ -13,15 +13,19 @@ modules and Parameters, moved, never copied:
 
 Weights policy: `pretrained` (a hub tag) or `checkpoint` (a local file) asks for
 pre-trained weights, and failing to get them is an error, never a silent fallback
-to random init. Both unset means random init, on purpose (tests, counting).
+to random init. Both unset means random init, on purpose (tests, counting). A local
+checkpoint is memory-mapped while the library loads it (`mapped_loading`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import zipfile
 from dataclasses import dataclass
 
 import torch
+import torch.utils.serialization.config
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -110,6 +114,19 @@ def _check_weights_request(cfg) -> str | None:
     return None
 
 
+def mapped_loading(checkpoint: str | None):
+    """While the library reads `checkpoint`, torch.load maps the file instead of reading it into memory.
+
+    The library then copies each tensor from the page cache into its module, so a load needs
+    memory for one model rather than two, and the ClientApp processes of a deployed site (one per
+    message) share the file's cached pages. Only torch's zip format can be mapped; safetensors
+    files are mapped by safetensors itself.
+    """
+    if checkpoint and zipfile.is_zipfile(checkpoint):
+        return torch.utils.serialization.config.patch({"load.mmap": True})
+    return contextlib.nullcontext()
+
+
 def _download_error(cfg, library: str, err: Exception) -> PretrainedWeightsError:
     return PretrainedWeightsError(
         f"could not fetch the {library} weights {cfg.name!r} with tag {cfg.pretrained!r}: "
@@ -140,13 +157,14 @@ def build_open_clip_visual(cfg, image_size: int) -> nn.Module:
             "config with open_clip.add_model_config instead"
         )
     try:
-        clip = open_clip.create_model(
-            cfg.name,
-            pretrained=checkpoint or cfg.pretrained,
-            force_image_size=image_size,
-            force_quick_gelu=bool(cfg.quick_gelu),
-            require_pretrained=True,
-        )
+        with mapped_loading(checkpoint):
+            clip = open_clip.create_model(
+                cfg.name,
+                pretrained=checkpoint or cfg.pretrained,
+                force_image_size=image_size,
+                force_quick_gelu=bool(cfg.quick_gelu),
+                require_pretrained=True,
+            )
     except PretrainedWeightsError:
         raise
     except Exception as err:  # hub, network and format errors all mean: no weights
@@ -191,7 +209,8 @@ def build_timm_model(cfg, **kwargs) -> nn.Module:
         kwargs["pretrained_cfg_overlay"] = {"file": checkpoint}
     wants_weights = bool(cfg.pretrained or checkpoint)
     try:
-        return timm.create_model(_timm_name(cfg), pretrained=wants_weights, **kwargs)
+        with mapped_loading(checkpoint):
+            return timm.create_model(_timm_name(cfg), pretrained=wants_weights, **kwargs)
     except Exception as err:
         if not wants_weights:
             raise

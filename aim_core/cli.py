@@ -140,6 +140,28 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.data, args.config, tuple(args.overrides))
 
 
+def cmd_local_federation(args: argparse.Namespace) -> None:
+    from aim_core.local_federation import run_local_federation
+
+    run_local_federation(args.out, args.data, args.config, tuple(args.overrides), insecure=args.insecure)
+
+
+def cmd_make_certs(args: argparse.Namespace) -> None:
+    from aim_core.credentials import make_tls_certificates
+
+    paths = make_tls_certificates(args.out, args.host, args.days)
+    print(json.dumps({"written": paths, "hosts": args.host, "give_to_sites": paths["ca.crt"],
+                      "keep_private": [paths["ca.key"], paths["server.key"]]}, indent=2))
+
+
+def cmd_make_site_key(args: argparse.Namespace) -> None:
+    from aim_core.credentials import make_site_key
+
+    private, public = make_site_key(args.path)
+    print(json.dumps({"private_key": private, "public_key": public,
+                      "next": f"give {public} to the operator (flwr supernode register); {private} stays here"}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aimfl", description="AIM adapters for video, trained centrally or federated")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--config", default="demo")
     demo.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. demo.clients=3)")
     demo.set_defaults(run=cmd_demo)
+
+    local = commands.add_parser("local-federation", help="a TLS SuperLink and one authenticated SuperNode per site on "
+                                                          "127.0.0.1: a real Flower deployment, end to end")
+    local.add_argument("--out", default="outputs/local-federation", help="credentials, site folders, logs, run")
+    local.add_argument("--data", default="data/synthetic-3sites", help="synthetic world with one site per SuperNode "
+                                                                       "(made if missing)")
+    local.add_argument("--config", default="demo")
+    local.add_argument("--insecure", action="store_true", help="no TLS (loudly warned): only to debug on one machine")
+    local.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. local_federation.rounds=4)")
+    local.set_defaults(run=cmd_local_federation)
+
+    certs = commands.add_parser("make-certs", help="a CA and the SuperLink's TLS certificate for the given hosts")
+    certs.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
+    certs.add_argument("--host", action="append", required=True,
+                       help="a name or IP address the SuperNodes dial (repeat for several)")
+    certs.add_argument("--days", type=int, default=365, help="validity")
+    certs.set_defaults(run=cmd_make_certs)
+
+    site_key = commands.add_parser("make-site-key", help="a site's ECDSA P-384 key pair for SuperNode authentication "
+                                                          "(as ssh-keygen -t ecdsa -b 384)")
+    site_key.add_argument("path", help="private key file; the public key is written to PATH.pub")
+    site_key.set_defaults(run=cmd_make_site_key)
 
     info = commands.add_parser("info", help="parameter counts and multiply-adds of a config, as JSON (offline)")
     info.add_argument("config", help="a config file, or a name in configs/ (e.g. k400_clip_vit_b16_8f)")
@@ -217,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except AnnotationError as err:
         print(f"aimfl: annotation error: {err}", file=sys.stderr)
         return 2
-    except (PretrainedWeightsError, TrainableStateError) as err:
+    except (PretrainedWeightsError, TrainableStateError, FileExistsError) as err:
         print(f"aimfl: {err}", file=sys.stderr)
         return 2
     return 0

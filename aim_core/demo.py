@@ -31,12 +31,38 @@ def federated_progress(line: str) -> None:
         print("    " + line.split(":      ", 1)[-1], end="", flush=True)
 
 
+def prepare_world(data_root: str, sites: int | None = None) -> None:
+    """The synthetic world at `data_root`, made unless it exists (with `sites` sites, when given)."""
+    from aim_core.synthetic import make_synthetic
+
+    card_path = os.path.join(data_root, "synthetic.json")
+    if not os.path.isfile(card_path):
+        make_synthetic(data_root, **({"sites": sites} if sites else {}))
+        return
+    with open(card_path) as f:
+        made_with = json.load(f)["sites"]
+    if sites and made_with != sites:
+        raise ValueError(f"{data_root} holds a synthetic world of {made_with} sites, not {sites}; "
+                         f"give another folder (it is made if missing)")
+    print("    exists, reused")
+
+
+def prepare_backbone(cfg) -> None:
+    """The embedded pre-trained image model at `cfg.model.backbone.checkpoint`, pre-trained unless cached."""
+    from aim_core.image_pretrain import pretrain_image_model
+
+    checkpoint = os.path.expanduser(cfg.model.backbone.checkpoint)
+    if os.path.isfile(checkpoint):
+        print("    cached, reused")
+        return
+    card = pretrain_image_model(cfg, checkpoint)
+    print(f"    pre-trained in {card['train_seconds']:.0f} s, val loss {card['val_loss']:.3f}")
+
+
 def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[str, ...] = ()) -> dict:
     from aim_core.annotations import read_annotations
-    from aim_core.image_pretrain import pretrain_image_model
     from aim_core.partition import write_partitions
     from aim_core.simulation import run_simulation
-    from aim_core.synthetic import make_synthetic
     from aim_core.train import run as train
 
     started = time.time()
@@ -46,18 +72,10 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
     demo = cfg.demo
 
     step(1, f"synthetic world in {data_root}")
-    if os.path.isfile(os.path.join(data_root, "synthetic.json")):
-        print("    exists, reused")
-    else:
-        make_synthetic(data_root)
-
+    prepare_world(data_root)
     checkpoint = os.path.expanduser(cfg.model.backbone.checkpoint)
     step(2, f"embedded pre-trained image model: {checkpoint}")
-    if os.path.isfile(checkpoint):
-        print("    cached, reused")
-    else:
-        card = pretrain_image_model(cfg, checkpoint)
-        print(f"    pre-trained in {card['train_seconds']:.0f} s, val loss {card['val_loss']:.3f}")
+    prepare_backbone(cfg)
     cfg.model.backbone.checkpoint = checkpoint
 
     step(3, f"{demo.scheme} split over {demo.clients} clients")

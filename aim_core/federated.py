@@ -8,9 +8,10 @@ and `server/server_app.py` import from here and from nowhere else in each other.
 - The wire: the trainable state only (`trainable_names`), the same key set in both directions, as
   fp32 or fp16 (bf16 cannot be put in an ArrayRecord, so it is cast). `update_problem` is the
   server's check of a client reply before aggregation; it names what is wrong.
-- A client's data (`client_data`) and its round of local training (`train_round`), which runs the
-  same `Trainer` epochs as `aimfl train`, at the same place in the same schedule: with one client
-  and one round, federated training *is* centralized training.
+- A client's setup (`client_setup`: a deployed site's node config or a simulated partition)
+  and its round of local training (`train_round`), which runs the same `Trainer` epochs as
+  `aimfl train`, at the same place in the same schedule: with one client and one round,
+  federated training *is* centralized training.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class ClientData:
     train: list[VideoRecord]
     val: list[VideoRecord]
     root: str  # the folder the list's paths are relative to
-    stream: int  # the client's index for seeding its epochs (its partition id)
+    stream: int  # the client's index for seeding its epochs (its partition id, or its node id)
     source: str  # the list file, for messages
 
 
@@ -214,17 +215,55 @@ def hold_out(records: list[VideoRecord], fraction: float, seed: int) -> tuple[li
     return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
 
 
-def client_data(node_config: dict, settings: FederatedSettings, cfg) -> ClientData:
-    """The shard of a simulated client: `client_{partition-id:03d}.txt` in `partition-dir`."""
-    if "partition-id" not in node_config:
-        raise KeyError(f"node config {sorted(node_config)} has no partition-id: the simulation engine sets it")
-    partition = int(node_config["partition-id"])
-    path = os.path.join(settings.partition_dir, f"client_{partition:03d}.txt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"partition {partition}: {os.path.abspath(path)} does not exist; write the partitions "
-                                f"with `aimfl partition LIST --out DIR` and set partition-dir=DIR in the run config")
+# What a deployed SuperNode is told about its site (`flower-supernode --node-config '...'`).
+SITE_KEYS = {
+    "list-file": "the site's video list (`path label` lines)",
+    "video-root": "the folder the list's paths are relative to",
+    "backbone-weights": "the frozen backbone's weights, pre-staged on the site",
+}
+SITE_EXAMPLE = ("--node-config 'list-file=\"/data/site0/train.txt\" video-root=\"/data/site0/videos\" "
+                "backbone-weights=\"/weights/backbone.pth\"'")
+
+
+def site_paths(node_config: dict) -> dict[str, str]:
+    """The site keys of a deployed SuperNode's node config, checked: each present and naming an existing path."""
+    missing = [key for key in SITE_KEYS if key not in node_config]
+    if missing:
+        given = ", ".join(sorted(node_config)) or "nothing"
+        raise KeyError(f"the SuperNode's node config lacks {', '.join(missing)} (it has {given}); "
+                       f"start it with {SITE_EXAMPLE}")
+    paths = {}
+    for key, meaning in SITE_KEYS.items():
+        path = os.path.expanduser(str(node_config[key]))
+        exists = os.path.isdir(path) if key == "video-root" else os.path.isfile(path)
+        if not exists:
+            raise FileNotFoundError(f"node config {key}={node_config[key]!r}: no such "
+                                    f"{'folder' if key == 'video-root' else 'file'} on this site ({meaning})")
+        paths[key] = os.path.abspath(path)
+    return paths
+
+
+def client_setup(node_config: dict, node_id: int, settings: FederatedSettings):
+    """The experiment config and the videos of this client: a deployed site or a simulated partition.
+
+    Deployment (`list-file` in the node config): the site's own list, video root and backbone
+    weights, so nothing but code comes with the app. Simulation (`partition-id`, set by the
+    engine): `client_{partition-id:03d}.txt` in `partition-dir`, under the config's data root.
+    """
+    cfg = experiment_config(settings)
+    if "list-file" in node_config or "partition-id" not in node_config:
+        site = site_paths(node_config)
+        cfg.model.backbone.checkpoint, cfg.model.backbone.pretrained = site["backbone-weights"], None
+        path, root, stream = site["list-file"], site["video-root"], node_id
+    else:
+        partition = int(node_config["partition-id"])
+        path, root, stream = os.path.join(settings.partition_dir, f"client_{partition:03d}.txt"), cfg.data.root, partition
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"partition {partition}: {os.path.abspath(path)} does not exist; write the "
+                                    f"partitions with `aimfl partition LIST --out DIR` and set partition-dir=DIR in "
+                                    f"the run config")
     train, val = hold_out(read_annotations(path, "list"), settings.local_val_fraction, settings.seed)
-    return ClientData(train, val, cfg.data.root, partition, path)
+    return cfg, ClientData(train, val, root, stream, path)
 
 
 def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int, local_epochs: int,

@@ -5,7 +5,12 @@ trainable state after `local-epochs` epochs of the same `Trainer` steps `aimfl t
 scalar metrics. Videos, paths and labels never leave the client.
 
 The frozen backbone is built once per process and reused: a simulation worker serves many
-clients and rounds with one model, reloading only the trainable state from each message.
+clients and rounds with one model, reloading only the trainable state from each message. A
+deployed SuperNode starts a fresh ClientApp process per message, which loads the site's
+pre-staged backbone weights once, memory-mapped (see `aim_core/backbones.py`).
+
+Where the videos are: a deployed site names its list file, video root and backbone weights in
+its node config; a simulated client gets a partition id (`aim_core.federated.client_setup`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,10 @@ from flwr.common.logger import log
 from aim_core.config import to_dict
 from aim_core.federated import (
     FederatedSettings,
-    client_data,
+    client_setup,
     decode_state,
     encode_state,
     evaluate_records,
-    experiment_config,
     train_round,
 )
 from aim_core.model import build_model
@@ -54,8 +58,7 @@ def model_with(cfg, state: dict[str, torch.Tensor]) -> torch.nn.Module:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     settings = FederatedSettings.from_run_config(context.run_config)
-    cfg = experiment_config(settings)
-    data = client_data(context.node_config, settings, cfg)
+    cfg, data = client_setup(context.node_config, context.node_id, settings)
     config = msg.content["config"]
     server_round = int(config["server-round"])
     model = model_with(cfg, decode_state(msg.content["arrays"]))
@@ -72,8 +75,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     settings = FederatedSettings.from_run_config(context.run_config)
-    cfg = experiment_config(settings)
-    data = client_data(context.node_config, settings, cfg)
+    cfg, data = client_setup(context.node_config, context.node_id, settings)
     if not data.val:
         raise ValueError(f"{data.source}: no held-out videos to evaluate on (local-val-fraction=0)")
     model = model_with(cfg, decode_state(msg.content["arrays"]))

@@ -16,7 +16,8 @@ config's val list every `central-eval-every` rounds (multi-view, as `aimfl eval`
                                distribution per client (simulation: from the partition summary)
 
 `resume=true` loads `checkpoints/last.pt` and continues the round numbering; the result equals
-an uninterrupted run.
+an uninterrupted run. A round that fewer than `min-nodes` nodes answered within `round-timeout`
+ends the run after the last finished round, with a message saying how to continue it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from logging import INFO
+from logging import ERROR, INFO
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ from aim_core.model import build_model
 from aim_core.train import atomic_torch_save
 from aim_core.trainable import count_parameters, load_trainable_state, save_trainable, trainable_state
 from server.plots import plot_rounds
-from server.strategy import build_strategy
+from server.strategy import RoundIncomplete, build_strategy
 
 app = ServerApp()
 def strategy_state(strategy) -> dict:
@@ -219,8 +220,15 @@ def main(grid: Grid, context: Context) -> None:
              f"{run.counts['trainable_params']:,}", f"{run.counts['total_params']:,}",
              payload_bytes(encode_state(decode_state(initial), settings.update_dtype)) / 1e6, settings.update_dtype)
     if rounds > 0:
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=settings.round_timeout,
-                       train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}),
-                       evaluate_fn=lambda local_round, arrays: run.end_round(strategy, local_round, arrays))
+        try:
+            strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=settings.round_timeout,
+                           train_config=ConfigRecord({}), evaluate_config=ConfigRecord({}),
+                           evaluate_fn=lambda local_round, arrays: run.end_round(strategy, local_round, arrays))
+        except RoundIncomplete as err:
+            finished = run.history[-1]["round"] if run.history else 0
+            log(ERROR, "run stopped: %s. The last finished round is %d (%s). Start the missing SuperNodes and run "
+                       "again with resume=true to continue from round %d.", err, finished,
+                run.ckpt_path if finished else "no checkpoint yet", finished + 1)
+            return
     summary = run.finish(strategy)
     log(INFO, "done: %s", json.dumps({k: v for k, v in summary.items() if k != "central"}))

@@ -5,7 +5,10 @@ FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum, or a DP wrapper around FedAvg)
 strategy aggregates, every reply is checked: an error reply, extra records, a different key set,
 a wrong shape or dtype, non-finite values, an update norm above `max-update-norm` or a
 non-positive `num-examples` is rejected, logged with the node id and the reason, and counted. A
-round with fewer than `min-valid-replies` accepted updates keeps the previous global state.
+round with fewer than `min-valid-replies` accepted updates keeps the previous global state. A
+round in which fewer than `min-nodes` of the sampled nodes replied within `round-timeout` (a
+site crashed, lost its link or is too slow) raises `RoundIncomplete`: the run stops after its
+last finished round, which `resume=true` continues from.
 
 The global state stays fp32 on the server (FedAdam's moments included); only the messages use
 the wire dtype. `round_offset` continues round numbers after a resume, so configs sent to clients,
@@ -40,6 +43,10 @@ from aim_core.federated import FederatedSettings, decode_state, encode_state, pa
 TRAIN_METRICS = ("train-loss", "num-examples", "skipped-videos", "train-seconds")  # what a train reply reports
 EVALUATE_METRICS = ("eval-top1", "eval-loss", "num-examples", "skipped-videos")
 WEIGHT_KEY = "aggregation-weight"  # set by the server from num-examples (or 1): clients do not pick their weight
+
+
+class RoundIncomplete(RuntimeError):
+    """Fewer than `min-nodes` nodes replied to a round's training instructions within `round-timeout`."""
 
 
 def short_reason(reason: str) -> str:
@@ -94,6 +101,7 @@ class ValidatedAggregation:
         self.settings = settings
         self.round_offset = 0
         self.round_log: dict = {}  # what happened in the current round, read by the server app
+        self.instructions: list[Message] = []  # the messages of the current phase (train or evaluate)
 
     # --- training -------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -105,6 +113,8 @@ class ValidatedAggregation:
         for message in messages:
             message.content["arrays"] = wire
             self._node(message.metadata.dst_node_id)["bytes_sent"] += payload_bytes(wire)
+        self.round_log["sampled"] = sorted(message.metadata.dst_node_id for message in messages)
+        self.instructions = messages  # the grid gives each its message id when it sends it
         return messages
 
     def expect(self, server_round: int, arrays: ArrayRecord) -> None:
@@ -116,10 +126,12 @@ class ValidatedAggregation:
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
+        replies = list(replies)
+        self.check_replied(server_round, {self.sender(reply) for reply in replies if self.node_answered(reply)})
         accepted = []
         for reply in replies:
-            node = reply.metadata.src_node_id
-            problem = self._train_reply_problem(reply)
+            node = self.sender(reply)
+            problem = self._train_reply_problem(reply, node)
             if problem:
                 log(WARNING, "round %d: rejected the update of node %d: %s", server_round, node, problem)
                 self.round_log["rejected"].append({"node": node, "reason": problem})
@@ -146,10 +158,31 @@ class ValidatedAggregation:
         self.round_log["train_phase_seconds"] = time.time() - self.round_log["started"]
         return encode_state(decode_state(arrays), "fp32"), metrics
 
-    def _train_reply_problem(self, reply: Message) -> str | None:
+    def sender(self, reply: Message) -> int:
+        """The node a reply answers for: the SuperLink replies for a node it lost, as node 1."""
+        destination = {m.metadata.message_id: m.metadata.dst_node_id for m in self.instructions}
+        return destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+    def node_answered(self, reply: Message) -> bool:
+        """Whether the node itself replied (with its update or its own error), not the SuperLink for it."""
+        return reply.metadata.src_node_id == self.sender(reply)
+
+    def check_replied(self, server_round: int, replied: set[int]) -> None:
+        """Raises `RoundIncomplete` when fewer than `min-nodes` sampled nodes replied (their errors count)."""
+        sampled = self.round_log.get("sampled", [])
+        silent = ", ".join(str(node) for node in sampled if node not in replied)
+        why = f"node(s) {silent} did not (unreachable, or silent for round-timeout={self.settings.round_timeout:g} s)"
+        if len(replied) < self.settings.min_nodes:
+            raise RoundIncomplete(f"round {server_round}: {len(replied)} of the {len(sampled)} sampled nodes replied, "
+                                  f"fewer than min-nodes={self.settings.min_nodes}; {why}")
+        if silent:
+            log(WARNING, "round %d: %d of the %d sampled nodes replied; %s", server_round, len(replied), len(sampled),
+                why)
+
+    def _train_reply_problem(self, reply: Message, node: int) -> str | None:
         if reply.has_error():
             return f"error reply: {short_reason(reply.error.reason)}"
-        self._node(reply.metadata.src_node_id)["bytes_received"] += sum(
+        self._node(node)["bytes_received"] += sum(
             payload_bytes(r) for r in reply.content.array_records.values())
         if set(reply.content.keys()) != {"arrays", "metrics"} or "arrays" not in reply.content.array_records \
                 or "metrics" not in reply.content.metric_records:
@@ -180,6 +213,7 @@ class ValidatedAggregation:
         for message in messages:
             message.content["arrays"] = wire
             self._node(message.metadata.dst_node_id)["bytes_sent"] += payload_bytes(wire)
+        self.instructions = messages
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -193,8 +227,8 @@ class ValidatedAggregation:
                                                                  for k in EVALUATE_METRICS) else
                        f"num-examples={metrics['num-examples']}" if not metrics["num-examples"] > 0 else None)
             if problem:
-                log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round,
-                            reply.metadata.src_node_id, problem)
+                log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, self.sender(reply),
+                    problem)
                 continue
             # client-side metrics are weighted by the videos each client evaluated
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in EVALUATE_METRICS},

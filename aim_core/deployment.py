@@ -1,0 +1,225 @@
+"""Flower's deployment processes on one machine: a SuperLink, SuperNodes and `flwr` commands.
+
+`Federation` starts Flower's own `flower-superlink` and `flower-supernode` executables, each as a
+process in its own session (so its SuperExec and app processes go with it) writing its own log
+file, registers SuperNode keys with `flwr supernode register`, and runs `flwr run` against a
+connection it writes into its own FLWR_HOME. `stop()` ends every process it started, by PID.
+`aimfl local-federation` and the deployment tests use it; operators type the same commands on
+their machines (docs/deployment.md), and `commands.sh` in the work dir lists each one.
+
+TLS is on unless `insecure=True`, which warns loudly: the adapters, the metrics and the node
+authentication handshake then cross the network in clear text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Self
+
+from aim_core.simulation import free_port, run_config_arg, toml_value
+
+INSECURE_WARNING = ("INSECURE MODE: TLS is off. Model updates, metrics and node authentication cross the network "
+                    "unencrypted and anyone on the path can read or alter them. Use it only to debug on one machine.")
+
+
+def warn_insecure() -> None:
+    banner = "!" * 100
+    print(f"\n{banner}\n{INSECURE_WARNING}\n{banner}\n", file=sys.stderr, flush=True)
+    warnings.warn(INSECURE_WARNING, stacklevel=2)
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log_path: str
+
+    def log_text(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+class Federation:
+    """A SuperLink and its SuperNodes on 127.0.0.1; use as a context manager so every process is stopped.
+
+    workdir: logs (`logs/<name>.log`), the SuperLink's state database, FLWR_HOME and `commands.sh`.
+    tls: {"ca": ca.crt, "cert": server.pem, "key": server.key} from `make_tls_certificates`;
+    None needs `insecure=True`.
+    """
+
+    def __init__(self, workdir: str, tls: dict[str, str] | None, insecure: bool = False,
+                 connection: str = "aimfl-local"):
+        if tls is None and not insecure:
+            raise ValueError("a federation needs TLS certificates (aimfl make-certs), or insecure=True")
+        if insecure:
+            warn_insecure()
+        self.workdir = os.path.abspath(workdir)
+        self.logs = os.path.join(self.workdir, "logs")
+        self.flwr_home = os.path.join(self.workdir, "flwr-home")
+        os.makedirs(self.logs, exist_ok=True)
+        os.makedirs(self.flwr_home, exist_ok=True)
+        self.tls, self.insecure, self.connection = tls, insecure, connection
+        self.port = free_port()
+        self.services: dict[str, Service] = {}
+        self.env = {**os.environ, "FLWR_HOME": self.flwr_home,
+                    # sites run the environment they have: no `uv sync` of the app's dependencies per run
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+        self._write_connection()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _write_connection(self) -> None:
+        """The `flwr` CLI's connection to this SuperLink, in FLWR_HOME/config.toml."""
+        security = "insecure = true" if self.insecure else f"root-certificates = {toml_value(self.tls['ca'])}"
+        with open(os.path.join(self.flwr_home, "config.toml"), "w") as f:
+            f.write(f'[superlink]\ndefault = "{self.connection}"\n\n[superlink.{self.connection}]\n'
+                    f"address = {toml_value(self.address)}\n{security}\n")
+
+    def _record(self, command: list[str]) -> None:
+        with open(os.path.join(self.workdir, "commands.sh"), "a") as f:
+            f.write(" ".join(shlex.quote(part) for part in command) + "\n")
+
+    def _start(self, name: str, command: list[str]) -> Service:
+        if name in self.services and self.services[name].process.poll() is None:
+            raise RuntimeError(f"{name} is already running (PID {self.services[name].process.pid})")
+        self._record(command)
+        log_path = os.path.join(self.logs, f"{name}.log")
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                       cwd=self.workdir, start_new_session=True)
+        self.services[name] = Service(name, process, log_path)
+        return self.services[name]
+
+    def wait_for(self, name: str, pattern: str, timeout: float = 60, after: int = 0) -> None:
+        """Waits until `name`'s log (from character `after`) matches `pattern`; fails if it exits or times out."""
+        service = self.services[name]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if re.search(pattern, service.log_text()[after:]):
+                return
+            if service.process.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {service.process.returncode} before "
+                                   f"{pattern!r} appeared; see {service.log_path}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{name}: {pattern!r} did not appear in {timeout:.0f} s; see {service.log_path}")
+
+    def start_superlink(self, auth: bool = True) -> Service:
+        security = ["--insecure"] if self.insecure else [
+            "--ssl-ca-certfile", self.tls["ca"], "--ssl-certfile", self.tls["cert"], "--ssl-keyfile", self.tls["key"]]
+        command = ["flower-superlink", *security, *(["--enable-supernode-auth"] if auth else []),
+                   "--disable-runtime-dependency-installation", "--database", os.path.join(self.workdir, "state.db"),
+                   "--host", "127.0.0.1", "--port", str(self.port)]
+        service = self._start("superlink", command)
+        self.wait_for("superlink", "Uvicorn running")
+        return service
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A `flwr` CLI command against this federation's connection; its output is appended to logs/flwr.log."""
+        command = ["flwr", *args]
+        self._record(command)
+        result = subprocess.run(command, env=self.env, cwd=self.workdir, capture_output=True, text=True, check=False,
+                                timeout=timeout)
+        with open(os.path.join(self.logs, "flwr.log"), "a") as log:
+            log.write(f"$ {shlex.join(command)}\n{result.stdout}{result.stderr}\n")
+        return result
+
+    def register(self, public_key: str, name: str) -> int:
+        """Registers a SuperNode's public key with the SuperLink; returns its node id."""
+        result = self.flwr("supernode", "register", public_key, self.connection, "--name", name, "--format", "json")
+        try:
+            reply = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            reply = {}
+        if result.returncode or not reply.get("success", True) or "node-id" not in reply:
+            raise RuntimeError(f"flwr supernode register {public_key} failed: {result.stdout}{result.stderr}")
+        return int(reply["node-id"])
+
+    def nodes(self) -> list[dict]:
+        """`flwr supernode ls`: the registered SuperNodes and their status."""
+        result = self.flwr("supernode", "ls", self.connection, "--format", "json")
+        if result.returncode:
+            raise RuntimeError(f"flwr supernode ls failed: {result.stdout}{result.stderr}")
+        return json.loads(result.stdout)["nodes"]
+
+    def wait_for_node(self, node_id: int, status: str, timeout: float = 120) -> None:
+        """Waits until the SuperLink reports the node `online` or `offline` (a lost node is offline after 2 missed
+        30 s heartbeats; it is let back in only then)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(int(n["node-id"]) == node_id and n["status"] == status for n in self.nodes()):
+                return
+            time.sleep(2)
+        raise TimeoutError(f"node {node_id} was not {status} within {timeout:.0f} s; see {self.logs}")
+
+    def start_supernode(self, name: str, private_key: str | None, node_config: dict) -> Service:
+        """A SuperNode with its own local port, authenticating with `private_key` (an OpenSSH ECDSA key)."""
+        security = ["--insecure"] if self.insecure else ["--root-certificates", self.tls["ca"]]
+        auth = ["--auth-supernode-private-key", private_key] if private_key else []
+        command = ["flower-supernode", "--superlink", self.address, *security, *auth, "--port", str(free_port()),
+                   "--node-config", " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())]
+        return self._start(name, command)
+
+    def run(self, app_dir: str, run_config: dict, timeout: float | None = None, echo=None) -> int:
+        """`flwr run APP_DIR CONNECTION --stream`, logged to logs/flwr-run.log; returns its exit status.
+
+        The status is 0 even when the ServerApp failed: check the run's outputs.
+        """
+        command = ["flwr", "run", app_dir, self.connection, "--stream", "--run-config", run_config_arg(run_config)]
+        self._record(command)
+        started = time.time()
+        with open(os.path.join(self.logs, "flwr-run.log"), "a") as log, subprocess.Popen(
+                command, env=self.env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, start_new_session=True) as process:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if echo:
+                    echo(line)
+                if timeout and time.time() - started > timeout:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    raise TimeoutError(f"flwr run took more than {timeout:.0f} s; see {log.name}")
+            return process.wait()
+
+    def kill(self, name: str) -> None:
+        """SIGKILLs a service and everything in its session, as a crash would."""
+        _signal_group(self.services[name].process, signal.SIGKILL)
+        self.services[name].process.wait()
+
+    def stop(self) -> None:
+        """Stops every process this federation started: SIGTERM by PID, then SIGKILL after 10 s."""
+        running = [s for s in self.services.values() if s.process.poll() is None]
+        for service in running:
+            _signal_group(service.process, signal.SIGTERM)
+        deadline = time.time() + 10
+        for service in running:
+            try:
+                service.process.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        for service in self.services.values():  # the group too: a SuperExec may outlive its parent
+            _signal_group(service.process, signal.SIGKILL)
+            service.process.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass

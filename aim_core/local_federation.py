@@ -1,0 +1,128 @@
+"""`aimfl local-federation`: a real Flower deployment on 127.0.0.1, from credentials to final adapters.
+
+1. the synthetic world with one site per SuperNode, and the embedded image model (as `aimfl demo`);
+2. the world's training list split by site (`aimfl partition --scheme natural`);
+3. each site's folder: its list and its copy of the backbone weights (pre-staged, as a real site
+   has them);
+4. credentials (reused when they exist): a CA and the SuperLink's TLS certificate
+   (`aimfl make-certs`), and an ECDSA key pair in each site's folder (`aimfl make-site-key`),
+   whose public half goes to the operator;
+5. `flower-superlink` with TLS and node authentication, `flwr supernode register` per site, one
+   `flower-supernode` per site with its node config, `flwr run` for the configured rounds;
+6. every process stopped by PID; the final adapters in OUT/run/final.safetensors, one log file
+   per process in OUT/federation/logs, each command in OUT/federation/commands.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from aim_core.config import load_config
+from aim_core.demo import federated_progress, prepare_backbone, prepare_world, step
+
+
+def credentials(pki: str, site_folders: dict[str, str], insecure: bool) -> dict:
+    """The SuperLink's TLS files in `pki` (None when insecure) and each site's key pair in its own folder,
+    made unless present."""
+    from aim_core.credentials import make_site_key, make_tls_certificates
+
+    tls = None
+    if not insecure:
+        files = {"ca": "ca.crt", "cert": "server.pem", "key": "server.key"}
+        if not all(os.path.isfile(os.path.join(pki, name)) for name in files.values()):
+            make_tls_certificates(pki, ["127.0.0.1", "localhost"])
+        tls = {role: os.path.join(pki, name) for role, name in files.items()}
+    keys = {}
+    for site, folder in site_folders.items():
+        key = os.path.join(folder, site)
+        if not os.path.isfile(key):
+            make_site_key(key)
+        keys[site] = key
+    return {"tls": tls, "keys": keys}
+
+
+def run_local_federation(out: str, data_root: str, config: str = "demo", overrides: tuple[str, ...] = (),
+                         insecure: bool = False) -> dict:
+    from aim_core.annotations import read_annotations
+    from aim_core.deployment import Federation
+    from aim_core.federated import APP_ROOT
+    from aim_core.partition import write_partitions
+
+    started = time.time()
+    out, data_root = os.path.abspath(out), os.path.abspath(data_root)
+    cfg = load_config(config, [f"data.root={data_root}", *overrides])
+    plan = cfg.local_federation
+    step(1, f"synthetic world of {plan.sites} sites in {data_root}, embedded image model")
+    prepare_world(data_root, plan.sites)
+    prepare_backbone(cfg)
+    weights = os.path.expanduser(cfg.model.backbone.checkpoint)
+
+    step(2, "the training list split by site")
+    partitions = os.path.join(out, "partitions")
+    summary = write_partitions(read_annotations(cfg.data.train_list, "list"), partitions, "natural", plan.sites, 0.0,
+                               1, cfg.seed, num_classes=cfg.data.num_classes, source=cfg.data.train_list)
+    sites = [f"site{i}" for i in range(plan.sites)]
+    print(f"    videos per site {[c['samples'] for c in summary['per_client']]}")
+
+    step(3, "each site's folder: video list, pre-staged backbone weights")
+    site_folders, site_configs = {site: os.path.join(out, "sites", site) for site in sites}, {}
+    for i, (site, folder) in enumerate(site_folders.items()):
+        os.makedirs(folder, exist_ok=True)
+        shutil.copy(os.path.join(partitions, f"client_{i:03d}.txt"), os.path.join(folder, "train.txt"))
+        shutil.copy(weights, os.path.join(folder, "backbone.pth"))
+        site_configs[site] = {"list-file": os.path.join(folder, "train.txt"), "video-root": data_root,
+                              "backbone-weights": os.path.join(folder, "backbone.pth")}
+    print(f"    in {os.path.join(out, 'sites')}")
+
+    step(4, "credentials: CA and SuperLink certificate (operator), a key pair per site (in its folder)"
+            + (" -- no TLS: --insecure" * insecure))
+    pki = os.path.join(out, "pki")
+    creds = credentials(pki, site_folders, insecure)
+    print(f"    in {pki} and the site folders")
+
+    step(5, f"SuperLink, {plan.sites} SuperNodes, {plan.rounds} rounds")
+    workdir, run_dir = os.path.join(out, "federation"), os.path.join(out, "run")
+    for stale in (workdir, run_dir):  # a fresh SuperLink state and run each time; credentials are kept
+        shutil.rmtree(stale, ignore_errors=True)
+    run_config = {
+        "config": os.path.abspath(config) if os.path.isfile(config) else config,
+        "overrides": " ".join([f"data.root={data_root}", f"model.backbone.checkpoint={weights}", *overrides]),
+        "num-server-rounds": plan.rounds, "local-epochs": plan.local_epochs, "lr": cfg.schedule.lr,
+        "warmup-rounds": 0, "batch-size": cfg.schedule.batch_size, "min-nodes": plan.sites,
+        "round-timeout": plan.round_timeout, "central-eval-every": 1, "client-eval-every": 0,
+        "local-val-fraction": 0.0, "partition-dir": partitions, "out-dir": run_dir, "seed": cfg.seed,
+    }
+    with Federation(workdir, creds["tls"], insecure=insecure) as federation:
+        federation.start_superlink(auth=True)
+        print(f"    SuperLink on {federation.address} (PID {federation.services['superlink'].process.pid})")
+        for site in sites:
+            node = federation.register(creds["keys"][site] + ".pub", site)
+            federation.start_supernode(site, creds["keys"][site], site_configs[site])
+            print(f"    {site}: node {node} (PID {federation.services[site].process.pid})")
+        federation.run(APP_ROOT, run_config, echo=federated_progress)
+    still_running = [s.name for s in federation.services.values() if s.process.poll() is None]
+    if still_running:
+        raise RuntimeError(f"could not stop {', '.join(still_running)}")
+
+    step(6, "result")
+    final_path = os.path.join(run_dir, "final.json")
+    if not os.path.isfile(final_path):
+        raise RuntimeError(f"the run wrote no {final_path}; see {os.path.join(workdir, 'logs', 'flwr-run.log')} and "
+                           f"the SuperNode logs beside it")
+    with open(final_path) as f:
+        final = json.load(f)
+    result = {"sites": plan.sites, "rounds": final["rounds_done"], "central": final["central"],
+              "bytes_per_update": final["bytes_per_update"], "full_model_bytes": final["full_model_bytes"],
+              "final_adapters": os.path.join(run_dir, "final.safetensors"), "tls": not insecure,
+              "logs": sorted(os.path.join(workdir, "logs", name) for name in os.listdir(os.path.join(workdir, "logs"))),
+              "processes_stopped": len(federation.services), "wall_seconds": round(time.time() - started, 1)}
+    with open(os.path.join(out, "local_federation.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"    {result['rounds']} rounds, central top-1 {final['central']['top1']:.1%}, "
+          f"{result['bytes_per_update']:,} bytes per update ({result['bytes_per_update'] / result['full_model_bytes']:.1%}"
+          f" of the model)\n    final adapters: {result['final_adapters']}\n    logs: {os.path.join(workdir, 'logs')}"
+          f"\n    all {result['processes_stopped']} processes stopped; {result['wall_seconds']:.0f} s in all")
+    return result

@@ -1,0 +1,214 @@
+"""Flower deployment on 127.0.0.1: a TLS SuperLink with node authentication and real SuperNode processes.
+
+Every federation has its own FLWR_HOME, state database and free ports, and stops each process it
+started by PID (`aim_core.deployment.Federation`). The backbone is a tiny random timm ViT saved to
+a file, standing in for the weights each site pre-stages.
+"""
+
+import json
+import os
+import socket
+import ssl
+import threading
+
+import pytest
+import torch
+from helpers import aimfl, tiny_overrides
+
+from aim_core.backbones import build_timm_model
+from aim_core.config import load_config
+from aim_core.credentials import make_site_key, make_tls_certificates
+from aim_core.deployment import Federation
+from aim_core.federated import APP_ROOT
+from aim_core.simulation import processes_mentioning
+from aim_core.synthetic import make_synthetic
+
+ROUND_TIMEOUT = 40  # seconds: a round of the tiny model takes about 20 s on 2 cores, process starts included
+
+
+def site_overrides(world, weights):
+    return [o for o in tiny_overrides(world, "unused") if not o.startswith("model.backbone.checkpoint")] + [
+        f"model.backbone.checkpoint={weights}"]
+
+
+@pytest.fixture(scope="module")
+def deployment(synthetic_world, tmp_path_factory):
+    """Credentials, the backbone weights file and two site lists of the session world (one naming a lost video)."""
+    root = tmp_path_factory.mktemp("deployment")
+    cfg = load_config("synthetic", tiny_overrides(synthetic_world, str(root)))
+    weights = str(root / "backbone.pth")
+    torch.save(build_timm_model(cfg.model.backbone, img_size=cfg.model.image_size).state_dict(), weights)
+    pki = make_tls_certificates(str(root / "pki"), ["127.0.0.1", "localhost"])
+    tls = {"ca": pki["ca.crt"], "cert": pki["server.pem"], "key": pki["server.key"]}
+    keys = {name: make_site_key(str(root / "keys" / name))[0] for name in ("site0", "site1", "rogue")}
+    with open(os.path.join(synthetic_world, "train.txt")) as f:
+        lines = f.read().splitlines()
+    lists = {}
+    for i, site in enumerate(("site0", "site1")):
+        lists[site] = str(root / f"{site}.txt")
+        with open(lists[site], "w") as f:
+            f.write("\n".join(line for n, line in enumerate(lines) if n % 2 == i) + "\n")
+    lost = str(root / "site0_with_lost_video.txt")
+    with open(lost, "w") as f:
+        f.write(open(lists["site0"]).read() + "videos/train/site0/lost_in_transfer.mp4 3 site0\n")
+    return {"root": root, "world": str(synthetic_world), "weights": weights, "tls": tls, "keys": keys,
+            "lists": lists, "lost": lost}
+
+
+def node_config(deployment, list_file):
+    return {"list-file": list_file, "video-root": deployment["world"], "backbone-weights": deployment["weights"]}
+
+
+def run_config(deployment, out, **values):
+    config = {"config": "synthetic", "overrides": " ".join(site_overrides(deployment["world"], deployment["weights"])),
+              "out-dir": str(out), "num-server-rounds": 2, "batch-size": 4, "warmup-rounds": 1,
+              "round-timeout": ROUND_TIMEOUT, "client-eval-every": 0, "local-val-fraction": 0.0}
+    config.update({key.replace("_", "-"): value for key, value in values.items()})
+    return config
+
+
+def history(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def start_sites(federation, deployment, lists):
+    """Registers and starts one SuperNode per site; returns their node ids."""
+    ids = {}
+    for site, list_file in lists.items():
+        ids[site] = federation.register(deployment["keys"][site] + ".pub", site)
+        federation.start_supernode(site, deployment["keys"][site], node_config(deployment, list_file))
+    return ids
+
+
+def kill_on(federation, site, pattern):
+    """Kills `site` (SIGKILL, its whole session) once its log matches `pattern`, from a thread."""
+    def wait_and_kill():
+        federation.wait_for(site, pattern, timeout=300)
+        federation.kill(site)
+
+    thread = threading.Thread(target=wait_and_kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(deployment, tmp_path):
+    world = tmp_path / "world"
+    make_synthetic(str(world), seed=1, train_per_class=2, val_per_class=1, sites=2, progress=False)
+    out = tmp_path / "local"
+    overrides = site_overrides(str(world), deployment["weights"])
+    result = aimfl("local-federation", "--out", str(out), "--data", str(world), "--config", "synthetic",
+                   "local_federation.sites=2", "local_federation.rounds=2", *overrides, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    summary = json.loads((out / "local_federation.json").read_text())
+    assert summary["rounds"] == 2 and summary["tls"] and summary["processes_stopped"] == 3
+    rounds = history(out / "run")
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["accepted_updates"] == 2 for r in rounds)
+    logs = {os.path.basename(p) for p in summary["logs"]}
+    assert {"superlink.log", "site0.log", "site1.log", "flwr-run.log"} <= logs
+    assert processes_mentioning(str(out)) == []  # every process it started is gone
+    commands = (out / "federation" / "commands.sh").read_text()
+    assert "--ssl-certfile" in commands and "--enable-supernode-auth" in commands and "--insecure" not in commands
+    private_key = (out / "sites" / "site0" / "site0").read_text().splitlines()[1]
+    for path in (out / "federation" / "logs").iterdir():
+        assert "PRIVATE KEY" not in path.read_text() and private_key not in path.read_text()
+
+    # the app bundle every site received holds code and configs only
+    (app,) = (out / "federation" / "flwr-home" / "apps").iterdir()
+    shipped = [p for p in app.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in shipped) < 10 * 2**20
+    assert {p.suffix for p in shipped} <= {".py", ".toml", ".md", ".yaml", ".json"}
+
+    evaluated = aimfl("eval", "synthetic", *overrides, "--checkpoint", summary["final_adapters"],
+                      "--out", str(tmp_path / "eval"), check=False)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(evaluated.stdout)["videos"] == 10
+
+
+def test_unregistered_supernode_is_refused_and_a_lost_video_is_skipped_and_counted(deployment, tmp_path):
+    out = tmp_path / "run"
+    with Federation(str(tmp_path / "federation"), deployment["tls"]) as federation:
+        federation.start_superlink(auth=True)
+        ids = start_sites(federation, deployment, {"site0": deployment["lost"]})
+        rogue = federation.start_supernode("rogue", deployment["keys"]["rogue"],
+                                           node_config(deployment, deployment["lists"]["site1"]))
+        federation.wait_for("rogue", "Failed to activate SuperNode")
+        federation.run(APP_ROOT, run_config(deployment, out, min_nodes=1, num_server_rounds=1), timeout=300)
+        registered = [int(node["node-id"]) for node in federation.nodes()]
+
+        # TLS is on: the CA verifies the SuperLink as 127.0.0.1, and plain HTTP gets no answer
+        context = ssl.create_default_context(cafile=deployment["tls"]["ca"])
+        with socket.create_connection(("127.0.0.1", federation.port)) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        with socket.create_connection(("127.0.0.1", federation.port), timeout=5) as raw:
+            raw.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            try:
+                answer = raw.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert not answer.startswith(b"HTTP/")
+
+    assert rogue.process.returncode not in (None, 0)  # refused, and said so
+    rogue_log = rogue.log_text()
+    assert "Receiving" not in rogue_log and "train message" not in rogue_log
+    assert registered == [ids["site0"]]
+    assert "No SuperNode found with the given public key" in federation.services["superlink"].log_text()
+
+    (record,) = history(out)
+    assert record["accepted_updates"] == 1 and list(record["clients"]) == [str(ids["site0"])]
+    assert record["clients"][str(ids["site0"])]["skipped-videos"] == 1
+    assert record["skipped_videos"] == 1
+    assert (out / "final.safetensors").is_file()
+
+
+def test_the_run_completes_on_one_supernode_when_the_other_is_killed_with_min_nodes_1(deployment, tmp_path):
+    out = tmp_path / "run"
+    with Federation(str(tmp_path / "federation"), deployment["tls"]) as federation:
+        federation.start_superlink(auth=True)
+        ids = start_sites(federation, deployment, deployment["lists"])
+        killer = kill_on(federation, "site1", "Receiving: train message")
+        federation.run(APP_ROOT, run_config(deployment, out, min_nodes=1, central_eval_every=0), timeout=400)
+        killer.join(1)
+        run_log = open(os.path.join(federation.logs, "flwr-run.log")).read()
+
+    rounds = history(out)
+    assert [r["round"] for r in rounds] == [1, 2], run_log[-3000:]
+    for record in rounds:
+        assert record["accepted_updates"] == 1
+        assert str(ids["site0"]) in record["clients"] and "train-loss" in record["clients"][str(ids["site0"])]
+    assert f"node(s) {ids['site1']} did not" in run_log
+    assert json.loads((out / "final.json").read_text())["rounds_done"] == 2
+
+
+def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_last_round(deployment, tmp_path):
+    out = tmp_path / "run"
+    config = run_config(deployment, out, min_nodes=2, central_eval_every=0)
+    with Federation(str(tmp_path / "federation"), deployment["tls"]) as federation:
+        federation.start_superlink(auth=True)
+        ids = start_sites(federation, deployment, deployment["lists"])
+        kill_on(federation, "site1", "Receiving: train message(.|\n)*Receiving: train message")  # in round 2
+        federation.run(APP_ROOT, config, timeout=400)
+        run_log_path = os.path.join(federation.logs, "flwr-run.log")
+        stopped_log = open(run_log_path).read()
+        assert "run stopped: round 2: 1 of the 2 sampled nodes replied, fewer than min-nodes=2" in stopped_log, \
+            stopped_log[-3000:]
+        assert "resume=true to continue from round 2" in stopped_log
+        assert [r["round"] for r in history(out)] == [1]
+        assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["round"] == 1
+        assert not (out / "final.safetensors").exists()
+
+        # the SuperLink lets the site back in once it has marked it offline (2 missed heartbeats)
+        federation.wait_for_node(ids["site1"], "offline", timeout=120)
+        federation.start_supernode("site1", deployment["keys"]["site1"],
+                                   node_config(deployment, deployment["lists"]["site1"]))
+        federation.run(APP_ROOT, {**config, "resume": True}, timeout=400)
+        resumed_log = open(run_log_path).read()[len(stopped_log):]
+
+    assert "resuming after round 1" in resumed_log, resumed_log[-3000:]
+    rounds = history(out)
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[1]["accepted_updates"] == 2
+    assert set(rounds[1]["clients"]) == {str(ids["site0"]), str(ids["site1"])}
+    assert json.loads((out / "final.json").read_text())["rounds_done"] == 2
