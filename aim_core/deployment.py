@@ -7,8 +7,9 @@ connection it writes into its own FLWR_HOME. `stop()` ends every process it star
 `aimfl local-federation` and the deployment tests use it; operators type the same commands on
 their machines (docs/deployment.md), and `commands.sh` in the work dir lists each one.
 
-TLS is on unless `insecure=True`, which warns loudly: the adapters, the metrics and the node
-authentication handshake then cross the network in clear text.
+TLS is on unless `insecure=True`, which prints a loud warning: the adapters and the metrics then
+cross the network in clear text, and no SuperNode is authenticated (Flower's node authentication
+needs TLS).
 """
 
 from __future__ import annotations
@@ -21,20 +22,19 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Self
 
 from aim_core.simulation import free_port, run_config_arg, toml_value
 
-INSECURE_WARNING = ("INSECURE MODE: TLS is off. Model updates, metrics and node authentication cross the network "
-                    "unencrypted and anyone on the path can read or alter them. Use it only to debug on one machine.")
+INSECURE_WARNING = ("INSECURE MODE: TLS is off and SuperNodes are not authenticated. Model updates and metrics "
+                    "cross the network unencrypted, anyone on the path can read or alter them, and any process can "
+                    "join as a site. Use it only to debug on one machine.")
 
 
 def warn_insecure() -> None:
     banner = "!" * 100
     print(f"\n{banner}\n{INSECURE_WARNING}\n{banner}\n", file=sys.stderr, flush=True)
-    warnings.warn(INSECURE_WARNING, stacklevel=2)
 
 
 @dataclass
@@ -115,6 +115,9 @@ class Federation:
         raise TimeoutError(f"{name}: {pattern!r} did not appear in {timeout:.0f} s; see {service.log_path}")
 
     def start_superlink(self, auth: bool = True) -> Service:
+        if auth and self.insecure:
+            raise ValueError("Flower's SuperNode authentication needs TLS: start the SuperLink with auth=False in "
+                             "insecure mode")
         security = ["--insecure"] if self.insecure else [
             "--ssl-ca-certfile", self.tls["ca"], "--ssl-certfile", self.tls["cert"], "--ssl-keyfile", self.tls["key"]]
         command = ["flower-superlink", *security, *(["--enable-supernode-auth"] if auth else []),

@@ -215,6 +215,17 @@ def hold_out(records: list[VideoRecord], fraction: float, seed: int) -> tuple[li
     return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
 
 
+class SiteConfigError(LookupError):
+    """A deployed site's node config lacks a key or names a path the site does not have.
+
+    `public` says the same without the site's paths: what the server may be told.
+    """
+
+    def __init__(self, message: str, public: str):
+        super().__init__(message)
+        self.public = public
+
+
 # What a deployed SuperNode is told about its site (`flower-supernode --node-config '...'`).
 SITE_KEYS = {
     "list-file": "the site's video list (`path label` lines)",
@@ -230,15 +241,15 @@ def site_paths(node_config: dict) -> dict[str, str]:
     missing = [key for key in SITE_KEYS if key not in node_config]
     if missing:
         given = ", ".join(sorted(node_config)) or "nothing"
-        raise KeyError(f"the SuperNode's node config lacks {', '.join(missing)} (it has {given}); "
-                       f"start it with {SITE_EXAMPLE}")
+        message = f"the SuperNode's node config lacks {', '.join(missing)} (it has {given})"
+        raise SiteConfigError(f"{message}; start it with {SITE_EXAMPLE}", message)
     paths = {}
     for key, meaning in SITE_KEYS.items():
         path = os.path.expanduser(str(node_config[key]))
         exists = os.path.isdir(path) if key == "video-root" else os.path.isfile(path)
         if not exists:
-            raise FileNotFoundError(f"node config {key}={node_config[key]!r}: no such "
-                                    f"{'folder' if key == 'video-root' else 'file'} on this site ({meaning})")
+            public = f"node config {key}: no such {'folder' if key == 'video-root' else 'file'} on this site ({meaning})"
+            raise SiteConfigError(public.replace(f"{key}:", f"{key}={node_config[key]!r}:", 1), public)
         paths[key] = os.path.abspath(path)
     return paths
 

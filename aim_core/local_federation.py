@@ -6,7 +6,7 @@
    has them);
 4. credentials (reused when they exist): a CA and the SuperLink's TLS certificate
    (`aimfl make-certs`), and an ECDSA key pair in each site's folder (`aimfl make-site-key`),
-   whose public half goes to the operator;
+   whose public half goes to the operator; `--insecure` (loudly warned) has none;
 5. `flower-superlink` with TLS and node authentication, `flwr supernode register` per site, one
    `flower-supernode` per site with its node config, `flwr run` for the configured rounds;
 6. every process stopped by PID; the final adapters in OUT/run/final.safetensors, one log file
@@ -25,16 +25,18 @@ from aim_core.demo import federated_progress, prepare_backbone, prepare_world, s
 
 
 def credentials(pki: str, site_folders: dict[str, str], insecure: bool) -> dict:
-    """The SuperLink's TLS files in `pki` (None when insecure) and each site's key pair in its own folder,
-    made unless present."""
+    """The SuperLink's TLS files in `pki` and each site's key pair in its own folder, made unless present.
+
+    Insecure mode has neither: Flower authenticates SuperNodes only over TLS.
+    """
     from aim_core.credentials import make_site_key, make_tls_certificates
 
-    tls = None
-    if not insecure:
-        files = {"ca": "ca.crt", "cert": "server.pem", "key": "server.key"}
-        if not all(os.path.isfile(os.path.join(pki, name)) for name in files.values()):
-            make_tls_certificates(pki, ["127.0.0.1", "localhost"])
-        tls = {role: os.path.join(pki, name) for role, name in files.items()}
+    if insecure:
+        return {"tls": None, "keys": dict.fromkeys(site_folders)}
+    files = {"ca": "ca.crt", "cert": "server.pem", "key": "server.key"}
+    if not all(os.path.isfile(os.path.join(pki, name)) for name in files.values()):
+        make_tls_certificates(pki, ["127.0.0.1", "localhost"])
+    tls = {role: os.path.join(pki, name) for role, name in files.items()}
     keys = {}
     for site, folder in site_folders.items():
         key = os.path.join(folder, site)
@@ -77,13 +79,16 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
                               "backbone-weights": os.path.join(folder, "backbone.pth")}
     print(f"    in {os.path.join(out, 'sites')}")
 
-    step(4, "credentials: CA and SuperLink certificate (operator), a key pair per site (in its folder)"
-            + (" -- no TLS: --insecure" * insecure))
     pki = os.path.join(out, "pki")
+    if insecure:
+        step(4, "no credentials: --insecure runs without TLS and without node authentication")
+    else:
+        step(4, "credentials: CA and SuperLink certificate (operator), a key pair per site (in its folder)")
     creds = credentials(pki, site_folders, insecure)
-    print(f"    in {pki} and the site folders")
+    if not insecure:
+        print(f"    in {pki} and the site folders")
 
-    step(5, f"SuperLink, {plan.sites} SuperNodes, {plan.rounds} rounds")
+    step(5, f"SuperLink, {plan.sites} SuperNodes, {plan.rounds} round(s)")
     workdir, run_dir = os.path.join(out, "federation"), os.path.join(out, "run")
     for stale in (workdir, run_dir):  # a fresh SuperLink state and run each time; credentials are kept
         shutil.rmtree(stale, ignore_errors=True)
@@ -96,12 +101,13 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
         "local-val-fraction": 0.0, "partition-dir": partitions, "out-dir": run_dir, "seed": cfg.seed,
     }
     with Federation(workdir, creds["tls"], insecure=insecure) as federation:
-        federation.start_superlink(auth=True)
+        federation.start_superlink(auth=not insecure)
         print(f"    SuperLink on {federation.address} (PID {federation.services['superlink'].process.pid})")
         for site in sites:
-            node = federation.register(creds["keys"][site] + ".pub", site)
-            federation.start_supernode(site, creds["keys"][site], site_configs[site])
-            print(f"    {site}: node {node} (PID {federation.services[site].process.pid})")
+            key = creds["keys"][site]
+            registered = f"node {federation.register(key + '.pub', site)}, " if key else ""
+            federation.start_supernode(site, key, site_configs[site])
+            print(f"    {site}: {registered}PID {federation.services[site].process.pid}")
         federation.run(APP_ROOT, run_config, echo=federated_progress)
     still_running = [s.name for s in federation.services.values() if s.process.poll() is None]
     if still_running:
@@ -116,12 +122,12 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
         final = json.load(f)
     result = {"sites": plan.sites, "rounds": final["rounds_done"], "central": final["central"],
               "bytes_per_update": final["bytes_per_update"], "full_model_bytes": final["full_model_bytes"],
-              "final_adapters": os.path.join(run_dir, "final.safetensors"), "tls": not insecure,
+              "final_adapters": os.path.join(run_dir, "final.safetensors"), "tls_and_node_auth": not insecure,
               "logs": sorted(os.path.join(workdir, "logs", name) for name in os.listdir(os.path.join(workdir, "logs"))),
               "processes_stopped": len(federation.services), "wall_seconds": round(time.time() - started, 1)}
     with open(os.path.join(out, "local_federation.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(f"    {result['rounds']} rounds, central top-1 {final['central']['top1']:.1%}, "
+    print(f"    {result['rounds']} round(s), central top-1 {final['central']['top1']:.1%}, "
           f"{result['bytes_per_update']:,} bytes per update ({result['bytes_per_update'] / result['full_model_bytes']:.1%}"
           f" of the model)\n    final adapters: {result['final_adapters']}\n    logs: {os.path.join(workdir, 'logs')}"
           f"\n    all {result['processes_stopped']} processes stopped; {result['wall_seconds']:.0f} s in all")

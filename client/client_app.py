@@ -16,7 +16,8 @@ its node config; a simulated client gets a partition id (`aim_core.federated.cli
 from __future__ import annotations
 
 import json
-from logging import INFO
+import traceback
+from logging import ERROR, INFO
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -35,7 +36,19 @@ from aim_core.federated import (
 from aim_core.model import build_model
 from aim_core.trainable import load_trainable_state, trainable_state
 
-app = ClientApp()
+
+def errors_stay_on_site(msg: Message, context: Context, call_next) -> Message:
+    """A Flower mod: a failure is logged here in full; the server's error reply names its kind, not the site's
+    paths or data (an exception's message may hold both)."""
+    try:
+        return call_next(msg, context)
+    except Exception as err:  # noqa: BLE001 -- every failure, re-raised without its details
+        log(ERROR, "%s", traceback.format_exc())
+        public = getattr(err, "public", "the details are in this site's SuperNode log")
+        raise RuntimeError(f"{type(err).__name__} on the site: {public}") from None
+
+
+app = ClientApp(mods=[errors_stay_on_site])
 _models: dict[str, torch.nn.Module] = {}  # model config -> the model built for it in this process
 
 

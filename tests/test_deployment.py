@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,7 +51,7 @@ def deployment(synthetic_world, tmp_path_factory):
             f.write("\n".join(line for n, line in enumerate(lines) if n % 2 == i) + "\n")
     lost = str(root / "site0_with_lost_video.txt")
     with open(lost, "w") as f:
-        f.write(open(lists["site0"]).read() + "videos/train/site0/lost_in_transfer.mp4 3 site0\n")
+        f.write(Path(lists["site0"]).read_text() + "videos/train/site0/lost_in_transfer.mp4 3 site0\n")
     return {"root": root, "world": str(synthetic_world), "weights": weights, "tls": tls, "keys": keys,
             "lists": lists, "lost": lost}
 
@@ -102,7 +103,7 @@ def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = json.loads((out / "local_federation.json").read_text())
-    assert summary["rounds"] == 2 and summary["tls"] and summary["processes_stopped"] == 3
+    assert summary["rounds"] == 2 and summary["tls_and_node_auth"] and summary["processes_stopped"] == 3
     rounds = history(out / "run")
     assert [r["round"] for r in rounds] == [1, 2] and all(r["accepted_updates"] == 2 for r in rounds)
     logs = {os.path.basename(p) for p in summary["logs"]}
@@ -126,60 +127,65 @@ def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(
     assert json.loads(evaluated.stdout)["videos"] == 10
 
 
-def test_unregistered_supernode_is_refused_and_a_lost_video_is_skipped_and_counted(deployment, tmp_path):
-    out = tmp_path / "run"
-    with Federation(str(tmp_path / "federation"), deployment["tls"]) as federation:
+@pytest.fixture(scope="module")
+def faulty_run(deployment, tmp_path_factory):
+    """min-nodes=1, 2 rounds: site0's list names a lost video, site1 is killed in round 1, and a SuperNode with an
+    unregistered key tries to join. Returns what the tests below check."""
+    root = tmp_path_factory.mktemp("faulty")
+    out = root / "run"
+    with Federation(str(root / "federation"), deployment["tls"]) as federation:
         federation.start_superlink(auth=True)
-        ids = start_sites(federation, deployment, {"site0": deployment["lost"]})
+        ids = start_sites(federation, deployment, {"site0": deployment["lost"], "site1": deployment["lists"]["site1"]})
         rogue = federation.start_supernode("rogue", deployment["keys"]["rogue"],
                                            node_config(deployment, deployment["lists"]["site1"]))
-        federation.wait_for("rogue", "Failed to activate SuperNode")
-        federation.run(APP_ROOT, run_config(deployment, out, min_nodes=1, num_server_rounds=1), timeout=300)
+        killer = kill_on(federation, "site1", "Receiving: train message")
+        federation.run(APP_ROOT, run_config(deployment, out, min_nodes=1, central_eval_every=0), timeout=400)
+        killer.join(1)
         registered = [int(node["node-id"]) for node in federation.nodes()]
 
         # TLS is on: the CA verifies the SuperLink as 127.0.0.1, and plain HTTP gets no answer
         context = ssl.create_default_context(cafile=deployment["tls"]["ca"])
         with socket.create_connection(("127.0.0.1", federation.port)) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            tls_version = tls.version()
         with socket.create_connection(("127.0.0.1", federation.port), timeout=5) as raw:
             raw.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             try:
-                answer = raw.recv(100)
+                plain_answer = raw.recv(100)
             except ConnectionResetError:
-                answer = b""
-            assert not answer.startswith(b"HTTP/")
+                plain_answer = b""
+    return {"out": out, "ids": ids, "rogue": rogue, "registered": registered, "tls_version": tls_version,
+            "plain_answer": plain_answer, "superlink_log": federation.services["superlink"].log_text(),
+            "run_log": Path(os.path.join(federation.logs, "flwr-run.log")).read_text()}
 
-    assert rogue.process.returncode not in (None, 0)  # refused, and said so
-    rogue_log = rogue.log_text()
-    assert "Receiving" not in rogue_log and "train message" not in rogue_log
-    assert registered == [ids["site0"]]
-    assert "No SuperNode found with the given public key" in federation.services["superlink"].log_text()
 
-    (record,) = history(out)
-    assert record["accepted_updates"] == 1 and list(record["clients"]) == [str(ids["site0"])]
-    assert record["clients"][str(ids["site0"])]["skipped-videos"] == 1
-    assert record["skipped_videos"] == 1
+def test_the_run_completes_on_one_supernode_when_the_other_is_killed_with_min_nodes_1(faulty_run):
+    out, ids = faulty_run["out"], faulty_run["ids"]
+    rounds = history(out)
+    assert [r["round"] for r in rounds] == [1, 2], faulty_run["run_log"][-3000:]
+    for record in rounds:
+        assert record["accepted_updates"] == 1 and str(ids["site0"]) in record["clients"]
+        assert "train-loss" not in record["clients"].get(str(ids["site1"]), {})
+    assert f"node(s) {ids['site1']} did not" in faulty_run["run_log"]
+    assert json.loads((out / "final.json").read_text())["rounds_done"] == 2
     assert (out / "final.safetensors").is_file()
 
 
-def test_the_run_completes_on_one_supernode_when_the_other_is_killed_with_min_nodes_1(deployment, tmp_path):
-    out = tmp_path / "run"
-    with Federation(str(tmp_path / "federation"), deployment["tls"]) as federation:
-        federation.start_superlink(auth=True)
-        ids = start_sites(federation, deployment, deployment["lists"])
-        killer = kill_on(federation, "site1", "Receiving: train message")
-        federation.run(APP_ROOT, run_config(deployment, out, min_nodes=1, central_eval_every=0), timeout=400)
-        killer.join(1)
-        run_log = open(os.path.join(federation.logs, "flwr-run.log")).read()
+def test_an_unregistered_supernode_is_refused_and_never_receives_a_task(faulty_run):
+    rogue = faulty_run["rogue"]
+    assert rogue.process.returncode not in (None, 0)  # refused, and said so
+    assert "Failed to activate SuperNode" in rogue.log_text()
+    assert "Receiving" not in rogue.log_text() and "clientapp" not in rogue.log_text()
+    assert "No SuperNode found with the given public key" in faulty_run["superlink_log"]
+    assert sorted(faulty_run["registered"]) == sorted(faulty_run["ids"].values())
+    assert faulty_run["tls_version"] in ("TLSv1.2", "TLSv1.3") and not faulty_run["plain_answer"].startswith(b"HTTP/")
 
-    rounds = history(out)
-    assert [r["round"] for r in rounds] == [1, 2], run_log[-3000:]
-    for record in rounds:
-        assert record["accepted_updates"] == 1
-        assert str(ids["site0"]) in record["clients"] and "train-loss" in record["clients"][str(ids["site0"])]
-    assert f"node(s) {ids['site1']} did not" in run_log
-    assert json.loads((out / "final.json").read_text())["rounds_done"] == 2
+
+def test_a_lost_video_in_a_site_list_is_skipped_counted_and_the_round_completes(faulty_run):
+    site0 = str(faulty_run["ids"]["site0"])
+    for record in history(faulty_run["out"]):
+        assert record["accepted_updates"] == 1 and record["clients"][site0]["skipped-videos"] == 1
+        assert record["skipped_videos"] == 1
 
 
 def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_last_round(deployment, tmp_path):
@@ -191,7 +197,7 @@ def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_l
         kill_on(federation, "site1", "Receiving: train message(.|\n)*Receiving: train message")  # in round 2
         federation.run(APP_ROOT, config, timeout=400)
         run_log_path = os.path.join(federation.logs, "flwr-run.log")
-        stopped_log = open(run_log_path).read()
+        stopped_log = Path(run_log_path).read_text()
         assert "run stopped: round 2: 1 of the 2 sampled nodes replied, fewer than min-nodes=2" in stopped_log, \
             stopped_log[-3000:]
         assert "resume=true to continue from round 2" in stopped_log
@@ -204,7 +210,7 @@ def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_l
         federation.start_supernode("site1", deployment["keys"]["site1"],
                                    node_config(deployment, deployment["lists"]["site1"]))
         federation.run(APP_ROOT, {**config, "resume": True}, timeout=400)
-        resumed_log = open(run_log_path).read()[len(stopped_log):]
+        resumed_log = Path(run_log_path).read_text()[len(stopped_log):]
 
     assert "resuming after round 1" in resumed_log, resumed_log[-3000:]
     rounds = history(out)

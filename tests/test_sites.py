@@ -1,0 +1,138 @@
+"""A deployed site's setup (node config, backbone weights) and the credentials of a federation, without processes."""
+
+import ipaddress
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+from helpers import tiny_overrides
+
+from aim_core.backbones import build_timm_model
+from aim_core.config import load_config
+from aim_core.credentials import make_site_key, make_tls_certificates
+from aim_core.deployment import INSECURE_WARNING, Federation
+from aim_core.federated import FederatedSettings, SiteConfigError, client_setup, default_run_config
+from aim_core.model import build_model
+from client.client_app import errors_stay_on_site
+
+
+@pytest.fixture
+def site(synthetic_world, tmp_path):
+    cfg = load_config("synthetic", tiny_overrides(synthetic_world, str(tmp_path)))
+    weights = tmp_path / "backbone.pth"
+    torch.save(build_timm_model(cfg.model.backbone, img_size=cfg.model.image_size).state_dict(), weights)
+    settings = FederatedSettings.from_run_config({
+        **default_run_config(), "overrides": " ".join(tiny_overrides(synthetic_world, str(tmp_path))),
+        "local-val-fraction": 0.2})
+    node_config = {"list-file": str(synthetic_world / "train.txt"), "video-root": str(synthetic_world),
+                   "backbone-weights": str(weights)}
+    return settings, node_config
+
+
+def test_a_site_reads_its_list_video_root_and_weights_from_the_node_config(site):
+    settings, node_config = site
+    cfg, data = client_setup(node_config, 1234, settings)
+    assert cfg.model.backbone.checkpoint == node_config["backbone-weights"] and cfg.model.backbone.pretrained is None
+    assert data.root == node_config["video-root"] and data.source == node_config["list-file"]
+    assert data.stream == 1234 and len(data.train) + len(data.val) == 30 and len(data.val) == 6
+
+
+@pytest.mark.parametrize("key", ["list-file", "video-root", "backbone-weights"])
+def test_a_missing_node_config_key_is_named(site, key):
+    settings, node_config = site
+    del node_config[key]
+    with pytest.raises(SiteConfigError, match=f"lacks {key}"):
+        client_setup(node_config, 1, settings)
+
+
+@pytest.mark.parametrize("key", ["list-file", "video-root", "backbone-weights"])
+def test_a_missing_path_is_named_with_its_key(site, key):
+    settings, node_config = site
+    node_config[key] = "/nonexistent/site/path"
+    with pytest.raises(SiteConfigError, match=f"node config {key}='/nonexistent/site/path'") as raised:
+        client_setup(node_config, 1, settings)
+    assert raised.value.public.startswith(f"node config {key}: no such") and "/nonexistent" not in raised.value.public
+
+
+def test_a_client_failure_reaches_the_server_without_the_site_paths(site):
+    settings, node_config = site
+    node_config["list-file"] = "/secret/site/videos.txt"
+
+    def handler(msg, context):
+        return client_setup(context.node_config, 1, settings)
+
+    with pytest.raises(RuntimeError) as raised:
+        errors_stay_on_site(None, SimpleNamespace(node_config=node_config), handler)
+    assert str(raised.value) == ("SiteConfigError on the site: node config list-file: no such file on this site "
+                                 "(the site's video list (`path label` lines))")
+
+    def failing(msg, context):
+        raise ValueError("cannot read /secret/site/videos.txt")
+
+    with pytest.raises(RuntimeError, match="ValueError on the site") as raised:
+        errors_stay_on_site(None, None, failing)
+    assert "/secret" not in str(raised.value)
+
+
+def test_a_node_without_site_keys_or_partition_id_says_how_to_start_it(site):
+    settings, _ = site
+    with pytest.raises(SiteConfigError, match="--node-config 'list-file="):
+        client_setup({}, 1, settings)
+
+
+def test_the_site_weights_are_loaded_memory_mapped_and_match_the_file(site, monkeypatch):
+    settings, node_config = site
+    cfg, _ = client_setup(node_config, 1, settings)
+    loads = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        loads.append(torch.utils.serialization.config.load.mmap)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    model = build_model(cfg.model)
+    assert loads == [True]
+    saved = real_load(node_config["backbone-weights"])
+    embed = saved["patch_embed.proj.weight"]
+    assert any(torch.equal(p, embed) for p in model.state_dict().values())
+
+
+def test_site_keys_are_openssh_ecdsa_p384_owner_only_and_never_overwritten(tmp_path):
+    private, public = make_site_key(str(tmp_path / "site0"))
+    key = load_ssh_private_key(Path(private).read_bytes(), password=None)  # what flower-supernode does
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    assert Path(public).read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o600
+    with pytest.raises(FileExistsError, match="already exist"):
+        make_site_key(str(tmp_path / "site0"))
+
+
+def test_the_superlink_certificate_is_signed_by_the_ca_for_the_named_hosts(tmp_path):
+    paths = make_tls_certificates(str(tmp_path), ["127.0.0.1", "superlink.example.org"])
+    ca = x509.load_pem_x509_certificate(Path(paths["ca.crt"]).read_bytes())
+    server = x509.load_pem_x509_certificate(Path(paths["server.pem"]).read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
+    key = load_pem_private_key(Path(paths["server.key"]).read_bytes(), password=None)
+    assert key.public_key().public_numbers() == server.public_key().public_numbers()
+    assert all(stat.S_IMODE(os.stat(paths[name]).st_mode) == 0o600 for name in ("ca.key", "server.key"))
+
+
+def test_a_federation_needs_certificates_unless_insecure_is_asked_for_and_then_warns(tmp_path, capsys):
+    with pytest.raises(ValueError, match="needs TLS certificates"):
+        Federation(str(tmp_path / "a"), tls=None)
+    federation = Federation(str(tmp_path / "b"), tls=None, insecure=True)
+    assert INSECURE_WARNING in capsys.readouterr().err
+    with pytest.raises(ValueError, match="authentication needs TLS"):
+        federation.start_superlink(auth=True)
+    assert "insecure = true" in Path(os.path.join(federation.flwr_home, "config.toml")).read_text()
+    assert federation.services == {}  # nothing started
