@@ -22,6 +22,7 @@ import os
 import shlex
 import time
 import tomllib
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,7 +202,7 @@ class ClientData:
     train: list[VideoRecord]
     val: list[VideoRecord]
     root: str  # the folder the list's paths are relative to
-    stream: int  # the client's index for seeding its epochs (its partition id, or its node id)
+    stream: int  # the client's index for seeding its epochs: its partition id, or a checksum of its list
     source: str  # the list file, for messages
 
 
@@ -254,18 +255,22 @@ def site_paths(node_config: dict) -> dict[str, str]:
     return paths
 
 
-def client_setup(node_config: dict, node_id: int, settings: FederatedSettings):
+def client_setup(node_config: dict, settings: FederatedSettings):
     """The experiment config and the videos of this client: a deployed site or a simulated partition.
 
     Deployment (`list-file` in the node config): the site's own list, video root and backbone
-    weights, so nothing but code comes with the app. Simulation (`partition-id`, set by the
-    engine): `client_{partition-id:03d}.txt` in `partition-dir`, under the config's data root.
+    weights, so nothing but code comes with the app. Its epochs are seeded by a checksum of its
+    list: node ids are drawn anew at each registration, the list is the site's. Simulation
+    (`partition-id`, set by the engine): `client_{partition-id:03d}.txt` in `partition-dir`, under
+    the config's data root.
     """
     cfg = experiment_config(settings)
     if "list-file" in node_config or "partition-id" not in node_config:
         site = site_paths(node_config)
         cfg.model.backbone.checkpoint, cfg.model.backbone.pretrained = site["backbone-weights"], None
-        path, root, stream = site["list-file"], site["video-root"], node_id
+        path, root = site["list-file"], site["video-root"]
+        with open(path, "rb") as f:
+            stream = zlib.crc32(f.read())
     else:
         partition = int(node_config["partition-id"])
         path, root, stream = os.path.join(settings.partition_dir, f"client_{partition:03d}.txt"), cfg.data.root, partition

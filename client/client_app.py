@@ -71,7 +71,7 @@ def model_with(cfg, state: dict[str, torch.Tensor]) -> torch.nn.Module:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     settings = FederatedSettings.from_run_config(context.run_config)
-    cfg, data = client_setup(context.node_config, context.node_id, settings)
+    cfg, data = client_setup(context.node_config, settings)
     config = msg.content["config"]
     server_round = int(config["server-round"])
     model = model_with(cfg, decode_state(msg.content["arrays"]))
@@ -88,7 +88,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     settings = FederatedSettings.from_run_config(context.run_config)
-    cfg, data = client_setup(context.node_config, context.node_id, settings)
+    cfg, data = client_setup(context.node_config, settings)
     if not data.val:
         raise ValueError(f"{data.source}: no held-out videos to evaluate on (local-val-fraction=0)")
     model = model_with(cfg, decode_state(msg.content["arrays"]))

@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import stat
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,10 +38,10 @@ def site(synthetic_world, tmp_path):
 
 def test_a_site_reads_its_list_video_root_and_weights_from_the_node_config(site):
     settings, node_config = site
-    cfg, data = client_setup(node_config, 1234, settings)
+    cfg, data = client_setup(node_config, settings)
     assert cfg.model.backbone.checkpoint == node_config["backbone-weights"] and cfg.model.backbone.pretrained is None
     assert data.root == node_config["video-root"] and data.source == node_config["list-file"]
-    assert data.stream == 1234 and len(data.train) + len(data.val) == 30 and len(data.val) == 6
+    assert data.stream == zlib.crc32(Path(node_config["list-file"]).read_bytes()) and len(data.train) + len(data.val) == 30 and len(data.val) == 6
 
 
 @pytest.mark.parametrize("key", ["list-file", "video-root", "backbone-weights"])
@@ -48,7 +49,7 @@ def test_a_missing_node_config_key_is_named(site, key):
     settings, node_config = site
     del node_config[key]
     with pytest.raises(SiteConfigError, match=f"lacks {key}"):
-        client_setup(node_config, 1, settings)
+        client_setup(node_config, settings)
 
 
 @pytest.mark.parametrize("key", ["list-file", "video-root", "backbone-weights"])
@@ -56,7 +57,7 @@ def test_a_missing_path_is_named_with_its_key(site, key):
     settings, node_config = site
     node_config[key] = "/nonexistent/site/path"
     with pytest.raises(SiteConfigError, match=f"node config {key}='/nonexistent/site/path'") as raised:
-        client_setup(node_config, 1, settings)
+        client_setup(node_config, settings)
     assert raised.value.public.startswith(f"node config {key}: no such") and "/nonexistent" not in raised.value.public
 
 
@@ -65,7 +66,7 @@ def test_a_client_failure_reaches_the_server_without_the_site_paths(site):
     node_config["list-file"] = "/secret/site/videos.txt"
 
     def handler(msg, context):
-        return client_setup(context.node_config, 1, settings)
+        return client_setup(context.node_config, settings)
 
     with pytest.raises(RuntimeError) as raised:
         errors_stay_on_site(None, SimpleNamespace(node_config=node_config), handler)
@@ -83,12 +84,12 @@ def test_a_client_failure_reaches_the_server_without_the_site_paths(site):
 def test_a_node_without_site_keys_or_partition_id_says_how_to_start_it(site):
     settings, _ = site
     with pytest.raises(SiteConfigError, match="--node-config 'list-file="):
-        client_setup({}, 1, settings)
+        client_setup({}, settings)
 
 
 def test_the_site_weights_are_loaded_memory_mapped_and_match_the_file(site, monkeypatch):
     settings, node_config = site
-    cfg, _ = client_setup(node_config, 1, settings)
+    cfg, _ = client_setup(node_config, settings)
     loads = []
     real_load = torch.load
 
