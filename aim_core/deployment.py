@@ -74,6 +74,9 @@ class Federation:
                     # sites run the environment they have: no `uv sync` of the app's dependencies per run
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
         self._write_connection()
+        with open(os.path.join(self.workdir, "commands.sh"), "w") as f:
+            f.write(f"# the commands this federation ran, in order\nexport FLWR_HOME={shlex.quote(self.flwr_home)}\n"
+                    "export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1\n")
 
     @property
     def address(self) -> str:
@@ -101,12 +104,12 @@ class Federation:
         self.services[name] = Service(name, process, log_path)
         return self.services[name]
 
-    def wait_for(self, name: str, pattern: str, timeout: float = 60, after: int = 0) -> None:
-        """Waits until `name`'s log (from character `after`) matches `pattern`; fails if it exits or times out."""
+    def wait_for(self, name: str, pattern: str, timeout: float = 60) -> None:
+        """Waits until `name`'s log matches `pattern`; fails if the process exits or the time runs out."""
         service = self.services[name]
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if re.search(pattern, service.log_text()[after:]):
+            if re.search(pattern, service.log_text()):
                 return
             if service.process.poll() is not None:
                 raise RuntimeError(f"{name} exited with status {service.process.returncode} before "
