@@ -59,6 +59,18 @@ def prepare_backbone(cfg) -> None:
     print(f"    pre-trained in {card['train_seconds']:.0f} s, val loss {card['val_loss']:.3f}")
 
 
+def federated_run_config(cfg, config: str, overrides: tuple[str, ...], **keys) -> dict:
+    """The Flower run config that trains `cfg` federated (the aimfl config named `config`, its data root and
+    backbone weights fixed, plus `overrides`) with its lr, batch size and seed; `keys` sets the rest."""
+    return {
+        "config": os.path.abspath(config) if os.path.isfile(config) else config,
+        "overrides": " ".join([f"data.root={cfg.data.root}", f"model.backbone.checkpoint={cfg.model.backbone.checkpoint}",
+                               *overrides]),
+        "lr": cfg.schedule.lr, "batch-size": cfg.schedule.batch_size, "seed": cfg.seed,
+        "client-eval-every": 0, "local-val-fraction": 0.0, **keys,
+    }
+
+
 def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[str, ...] = ()) -> dict:
     from aim_core.annotations import read_annotations
     from aim_core.partition import write_partitions
@@ -98,14 +110,11 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
             f"simulation")
     fed_out = os.path.join(out, "federated")
     shutil.rmtree(fed_out, ignore_errors=True)
-    run_config = {
-        "config": os.path.abspath(config) if os.path.isfile(config) else config,
-        "overrides": " ".join([f"data.root={data_root}", f"model.backbone.checkpoint={checkpoint}", *overrides]),
-        "num-server-rounds": rounds, "local-epochs": demo.local_epochs, "lr": cfg.schedule.lr,
-        "warmup-rounds": round(cfg.schedule.warmup_epochs / demo.local_epochs), "batch-size": cfg.schedule.batch_size,
-        "min-nodes": demo.clients, "central-eval-every": demo.central_eval_every, "client-eval-every": 0,
-        "local-val-fraction": 0.0, "partition-dir": partitions, "out-dir": fed_out, "seed": cfg.seed,
-    }
+    run_config = federated_run_config(
+        cfg, config, overrides, **{"num-server-rounds": rounds, "local-epochs": demo.local_epochs,
+                                   "warmup-rounds": round(cfg.schedule.warmup_epochs / demo.local_epochs),
+                                   "min-nodes": demo.clients, "central-eval-every": demo.central_eval_every,
+                                   "partition-dir": partitions, "out-dir": fed_out})
     log_path = os.path.join(out, "federated.log")
     run_simulation(run_config, demo.clients, log_path, client_cpus=demo.client_cpus, echo=federated_progress)
     final_path = os.path.join(fed_out, "final.json")

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Self
 
-from aim_core.simulation import free_port, run_config_arg, toml_value
+from aim_core.simulation import free_port, stream_command, toml_pairs, toml_value
 
 INSECURE_WARNING = ("INSECURE MODE: TLS is off and SuperNodes are not authenticated. Model updates and metrics "
                     "cross the network unencrypted, anyone on the path can read or alter them, and any process can "
@@ -173,7 +173,7 @@ class Federation:
         security = ["--insecure"] if self.insecure else ["--root-certificates", self.tls["ca"]]
         auth = ["--auth-supernode-private-key", private_key] if private_key else []
         command = ["flower-supernode", "--superlink", self.address, *security, *auth, "--port", str(free_port()),
-                   "--node-config", " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())]
+                   "--node-config", toml_pairs(node_config)]
         return self._start(name, command)
 
     def run(self, app_dir: str, run_config: dict, timeout: float | None = None, echo=None) -> int:
@@ -181,21 +181,9 @@ class Federation:
 
         The status is 0 even when the ServerApp failed: check the run's outputs.
         """
-        command = ["flwr", "run", app_dir, self.connection, "--stream", "--run-config", run_config_arg(run_config)]
+        command = ["flwr", "run", app_dir, self.connection, "--stream", "--run-config", toml_pairs(run_config)]
         self._record(command)
-        started = time.time()
-        with open(os.path.join(self.logs, "flwr-run.log"), "a") as log, subprocess.Popen(
-                command, env=self.env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, start_new_session=True) as process:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                if echo:
-                    echo(line)
-                if timeout and time.time() - started > timeout:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    raise TimeoutError(f"flwr run took more than {timeout:.0f} s; see {log.name}")
-            return process.wait()
+        return stream_command(command, self.env, os.path.join(self.logs, "flwr-run.log"), echo, timeout, self.workdir)
 
     def kill(self, name: str) -> None:
         """SIGKILLs a service and everything in its session, as a crash would."""

@@ -21,7 +21,7 @@ import shutil
 import time
 
 from aim_core.config import load_config
-from aim_core.demo import federated_progress, prepare_backbone, prepare_world, step
+from aim_core.demo import federated_progress, federated_run_config, prepare_backbone, prepare_world, step
 
 
 def credentials(pki: str, site_folders: dict[str, str], insecure: bool) -> dict:
@@ -60,7 +60,7 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
     step(1, f"synthetic world of {plan.sites} sites in {data_root}, embedded image model")
     prepare_world(data_root, plan.sites)
     prepare_backbone(cfg)
-    weights = os.path.expanduser(cfg.model.backbone.checkpoint)
+    weights = cfg.model.backbone.checkpoint = os.path.expanduser(cfg.model.backbone.checkpoint)
 
     step(2, "the training list split by site")
     partitions = os.path.join(out, "partitions")
@@ -92,14 +92,10 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
     workdir, run_dir = os.path.join(out, "federation"), os.path.join(out, "run")
     for stale in (workdir, run_dir):  # a fresh SuperLink state and run each time; credentials are kept
         shutil.rmtree(stale, ignore_errors=True)
-    run_config = {
-        "config": os.path.abspath(config) if os.path.isfile(config) else config,
-        "overrides": " ".join([f"data.root={data_root}", f"model.backbone.checkpoint={weights}", *overrides]),
-        "num-server-rounds": plan.rounds, "local-epochs": plan.local_epochs, "lr": cfg.schedule.lr,
-        "warmup-rounds": 0, "batch-size": cfg.schedule.batch_size, "min-nodes": plan.sites,
-        "round-timeout": plan.round_timeout, "central-eval-every": 1, "client-eval-every": 0,
-        "local-val-fraction": 0.0, "partition-dir": partitions, "out-dir": run_dir, "seed": cfg.seed,
-    }
+    run_config = federated_run_config(
+        cfg, config, overrides, **{"num-server-rounds": plan.rounds, "local-epochs": plan.local_epochs,
+                                   "warmup-rounds": 0, "min-nodes": plan.sites, "round-timeout": plan.round_timeout,
+                                   "central-eval-every": 1, "partition-dir": partitions, "out-dir": run_dir})
     with Federation(workdir, creds["tls"], insecure=insecure) as federation:
         federation.start_superlink(auth=not insecure)
         print(f"    SuperLink on {federation.address} (PID {federation.services['superlink'].process.pid})")

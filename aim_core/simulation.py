@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,8 +30,9 @@ def toml_value(value) -> str:
     return repr(value)
 
 
-def run_config_arg(run_config: dict) -> str:
-    return " ".join(f"{key}={toml_value(value)}" for key, value in run_config.items())
+def toml_pairs(values: dict) -> str:
+    """`key=value ...` as `--run-config` and `--node-config` take them."""
+    return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
 
 
 def free_port() -> int:
@@ -67,6 +69,26 @@ def stop_local_superlink(flwr_home: str) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def stream_command(command: list[str], env: dict, log_path: str, echo=None, timeout: float | None = None,
+                   cwd: str | None = None) -> int:
+    """Runs `command` (in its own session), appending each output line to `log_path` and passing it to `echo`;
+    kills the session and raises after `timeout` seconds. Returns the exit status."""
+    started = time.time()
+    with open(log_path, "a") as log, subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True,
+                                                      start_new_session=True) as process:
+        log.write("$ " + shlex.join(command) + "\n")
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            if echo:
+                echo(line)
+            if timeout and time.time() - started > timeout:
+                os.killpg(process.pid, signal.SIGKILL)
+                raise TimeoutError(f"{command[0]} {command[1]} took more than {timeout:.0f} s (log: {log_path})")
+        return process.wait()
+
+
 def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_cpus: int = 1,
                    client_gpus: float = 0.0, echo=None, timeout: float | None = None, app_dir: str = APP_ROOT,
                    ray_cpus: int | None = None) -> int:
@@ -82,23 +104,12 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
     federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus} "
                   f"client-resources-num-gpus={client_gpus}" + (f" init-args-num-cpus={ray_cpus}" if ray_cpus else ""))
-    command = ["flwr", "run", app_dir, "--stream", "--run-config", run_config_arg(run_config),
+    command = ["flwr", "run", app_dir, "--stream", "--run-config", toml_pairs(run_config),
                "--federation-config", federation]
-    echo = echo or (lambda line: print(line, end="", flush=True))
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    started = time.time()
+    open(log_path, "w").close()
     try:
-        with open(log_path, "w") as log, subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                                          stderr=subprocess.STDOUT, text=True) as process:
-            log.write("$ " + " ".join(command) + "\n")
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                echo(line)
-                if timeout and time.time() - started > timeout:
-                    process.kill()
-                    raise TimeoutError(f"flwr run took more than {timeout} s (log: {log_path})")
-            return process.wait()
+        return stream_command(command, env, log_path, echo or (lambda line: print(line, end="", flush=True)), timeout)
     finally:
         stop_local_superlink(flwr_home)
         shutil.rmtree(flwr_home, ignore_errors=True)

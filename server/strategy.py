@@ -126,11 +126,10 @@ class ValidatedAggregation:
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        replies = list(replies)
-        self.check_replied(server_round, {self.sender(reply) for reply in replies if self.node_answered(reply)})
+        replies = self.senders(replies)
+        self.check_replied(server_round, {node for node, reply in replies if reply.metadata.src_node_id == node})
         accepted = []
-        for reply in replies:
-            node = self.sender(reply)
+        for node, reply in replies:
             problem = self._train_reply_problem(reply, node)
             if problem:
                 log(WARNING, "round %d: rejected the update of node %d: %s", server_round, node, problem)
@@ -158,14 +157,11 @@ class ValidatedAggregation:
         self.round_log["train_phase_seconds"] = time.time() - self.round_log["started"]
         return encode_state(decode_state(arrays), "fp32"), metrics
 
-    def sender(self, reply: Message) -> int:
-        """The node a reply answers for: the SuperLink replies for a node it lost, as node 1."""
+    def senders(self, replies: Iterable[Message]) -> list[tuple[int, Message]]:
+        """Each reply with the node it answers for. The SuperLink answers for a node it lost, as node 1, so a reply
+        whose source is not that node did not come from it."""
         destination = {m.metadata.message_id: m.metadata.dst_node_id for m in self.instructions}
-        return destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-
-    def node_answered(self, reply: Message) -> bool:
-        """Whether the node itself replied (with its update or its own error), not the SuperLink for it."""
-        return reply.metadata.src_node_id == self.sender(reply)
+        return [(destination.get(r.metadata.reply_to_message_id, r.metadata.src_node_id), r) for r in replies]
 
     def check_replied(self, server_round: int, replied: set[int]) -> None:
         """Raises `RoundIncomplete` when fewer than `min-nodes` sampled nodes replied (their errors count)."""
@@ -219,7 +215,7 @@ class ValidatedAggregation:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
         accepted = []
-        for reply in replies:
+        for node, reply in self.senders(replies):
             metrics = None if reply.has_error() else reply.content.metric_records.get("metrics")
             problem = (f"error reply: {short_reason(reply.error.reason)}" if reply.has_error() else
                        "no MetricRecord 'metrics'" if metrics is None else
@@ -227,8 +223,7 @@ class ValidatedAggregation:
                                                                  for k in EVALUATE_METRICS) else
                        f"num-examples={metrics['num-examples']}" if not metrics["num-examples"] > 0 else None)
             if problem:
-                log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, self.sender(reply),
-                    problem)
+                log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, node, problem)
                 continue
             # client-side metrics are weighted by the videos each client evaluated
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in EVALUATE_METRICS},

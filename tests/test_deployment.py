@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import aimfl, tiny_overrides
+from helpers import aimfl, save_tiny_backbone, tiny_overrides
 
-from aim_core.backbones import build_timm_model
-from aim_core.config import load_config
 from aim_core.credentials import make_site_key, make_tls_certificates
 from aim_core.deployment import Federation
 from aim_core.federated import APP_ROOT
@@ -36,9 +34,7 @@ def site_overrides(world, weights):
 def deployment(synthetic_world, tmp_path_factory):
     """Credentials, the backbone weights file and two site lists of the session world (one naming a lost video)."""
     root = tmp_path_factory.mktemp("deployment")
-    cfg = load_config("synthetic", tiny_overrides(synthetic_world, str(root)))
-    weights = str(root / "backbone.pth")
-    torch.save(build_timm_model(cfg.model.backbone, img_size=cfg.model.image_size).state_dict(), weights)
+    weights = save_tiny_backbone(synthetic_world, root / "backbone.pth")
     pki = make_tls_certificates(str(root / "pki"), ["127.0.0.1", "localhost"])
     tls = {"ca": pki["ca.crt"], "cert": pki["server.pem"], "key": pki["server.key"]}
     keys = {name: make_site_key(str(root / "keys" / name))[0] for name in ("site0", "site1", "rogue")}

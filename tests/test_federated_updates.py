@@ -1,13 +1,23 @@
-"""The federated update format and the server's reply checks (groundwork of the Flower apps)."""
+"""The federated update format and the server's reply checks."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from aim_core.federated import decode_state, encode_state, payload_bytes, update_problem
+from aim_core.federated import (
+    FederatedSettings,
+    decode_state,
+    default_run_config,
+    encode_state,
+    payload_bytes,
+    update_problem,
+)
 from aim_core.model import build_model
 from aim_core.trainable import count_parameters, trainable_state
+from server.strategy import RoundIncomplete, build_strategy
 
 
 @pytest.fixture
@@ -58,3 +68,18 @@ def test_a_good_reply_passes_and_bad_ones_are_named(state):
     problem = update_problem(encode_state(far, "fp32"), expected, "fp32", 10, sent=state, max_update_norm=5.0)
     n = sum(v.numel() for v in state.values())
     assert f"update norm {np.sqrt(n):.4g} exceeds" in problem
+
+
+def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying():
+    strategy = build_strategy(FederatedSettings.from_run_config({**default_run_config(), "min-nodes": 2}), 2)
+
+    def message(message_id, src, dst, reply_to=""):
+        return SimpleNamespace(metadata=SimpleNamespace(message_id=message_id, src_node_id=src, dst_node_id=dst,
+                                                        reply_to_message_id=reply_to))
+
+    strategy.instructions = [message("to-a", 1, 11), message("to-b", 1, 22)]
+    strategy.round_log = {"sampled": [11, 22], "nodes": {}, "rejected": []}
+    from_a, superlink_for_b = message("r1", 11, 1, "to-a"), message("r2", 1, 1, "to-b")  # node 1 is the SuperLink
+    assert strategy.senders([from_a, superlink_for_b]) == [(11, from_a), (22, superlink_for_b)]
+    with pytest.raises(RoundIncomplete, match="1 of the 2 sampled nodes replied.*node\\(s\\) 22 did not"):
+        strategy.aggregate_train(1, [from_a, superlink_for_b])

@@ -12,10 +12,8 @@ import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
-from helpers import tiny_overrides
+from helpers import save_tiny_backbone, tiny_overrides
 
-from aim_core.backbones import build_timm_model
-from aim_core.config import load_config
 from aim_core.credentials import make_site_key, make_tls_certificates
 from aim_core.deployment import INSECURE_WARNING, Federation
 from aim_core.federated import FederatedSettings, SiteConfigError, client_setup, default_run_config
@@ -25,9 +23,7 @@ from client.client_app import errors_stay_on_site
 
 @pytest.fixture
 def site(synthetic_world, tmp_path):
-    cfg = load_config("synthetic", tiny_overrides(synthetic_world, str(tmp_path)))
-    weights = tmp_path / "backbone.pth"
-    torch.save(build_timm_model(cfg.model.backbone, img_size=cfg.model.image_size).state_dict(), weights)
+    weights = save_tiny_backbone(synthetic_world, tmp_path / "backbone.pth")
     settings = FederatedSettings.from_run_config({
         **default_run_config(), "overrides": " ".join(tiny_overrides(synthetic_world, str(tmp_path))),
         "local-val-fraction": 0.2})
