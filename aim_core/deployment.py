@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Self
 
-from aim_core.simulation import free_port, stream_command, toml_pairs, toml_value
+from aim_core.simulation import find_program, free_port, program_env, stream_command, toml_pairs, toml_value
 
 INSECURE_WARNING = ("INSECURE MODE: TLS is off and SuperNodes are not authenticated. Model updates and metrics "
                     "cross the network unencrypted, anyone on the path can read or alter them, and any process can "
@@ -70,9 +70,9 @@ class Federation:
         self.tls, self.insecure, self.connection = tls, insecure, connection
         self.port = free_port()
         self.services: dict[str, Service] = {}
-        self.env = {**os.environ, "FLWR_HOME": self.flwr_home,
-                    # sites run the environment they have: no `uv sync` of the app's dependencies per run
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+        # sites run the environment they have: no `uv sync` of the app's dependencies per run
+        self.env = program_env(FLWR_HOME=self.flwr_home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                               PYTHONUNBUFFERED="1")
         self._write_connection()
         with open(os.path.join(self.workdir, "commands.sh"), "w") as f:
             f.write(f"# the commands this federation ran, in order\nexport FLWR_HOME={shlex.quote(self.flwr_home)}\n"
@@ -123,7 +123,7 @@ class Federation:
                              "insecure mode")
         security = ["--insecure"] if self.insecure else [
             "--ssl-ca-certfile", self.tls["ca"], "--ssl-certfile", self.tls["cert"], "--ssl-keyfile", self.tls["key"]]
-        command = ["flower-superlink", *security, *(["--enable-supernode-auth"] if auth else []),
+        command = [find_program("flower-superlink"), *security, *(["--enable-supernode-auth"] if auth else []),
                    "--disable-runtime-dependency-installation", "--database", os.path.join(self.workdir, "state.db"),
                    "--host", "127.0.0.1", "--port", str(self.port)]
         service = self._start("superlink", command)
@@ -132,7 +132,7 @@ class Federation:
 
     def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """A `flwr` CLI command against this federation's connection; its output is appended to logs/flwr.log."""
-        command = ["flwr", *args]
+        command = [find_program("flwr"), *args]
         self._record(command)
         result = subprocess.run(command, env=self.env, cwd=self.workdir, capture_output=True, text=True, check=False,
                                 timeout=timeout)
@@ -172,8 +172,8 @@ class Federation:
         """A SuperNode with its own local port, authenticating with `private_key` (an OpenSSH ECDSA key)."""
         security = ["--insecure"] if self.insecure else ["--root-certificates", self.tls["ca"]]
         auth = ["--auth-supernode-private-key", private_key] if private_key else []
-        command = ["flower-supernode", "--superlink", self.address, *security, *auth, "--port", str(free_port()),
-                   "--node-config", toml_pairs(node_config)]
+        command = [find_program("flower-supernode"), "--superlink", self.address, *security, *auth,
+                   "--port", str(free_port()), "--node-config", toml_pairs(node_config)]
         return self._start(name, command)
 
     def run(self, app_dir: str, run_config: dict, timeout: float | None = None, echo=None) -> int:
@@ -181,7 +181,8 @@ class Federation:
 
         The status is 0 even when the ServerApp failed: check the run's outputs.
         """
-        command = ["flwr", "run", app_dir, self.connection, "--stream", "--run-config", toml_pairs(run_config)]
+        command = [find_program("flwr"), "run", app_dir, self.connection, "--stream",
+                   "--run-config", toml_pairs(run_config)]
         self._record(command)
         return stream_command(command, self.env, os.path.join(self.logs, "flwr-run.log"), echo, timeout, self.workdir)
 

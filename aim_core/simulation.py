@@ -16,10 +16,43 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
 from aim_core.federated import APP_ROOT
+
+
+class ProgramNotFoundError(FileNotFoundError):
+    """A console script of aimfl's dependencies (flwr, flower-superlink, torchrun, ...) is not installed."""
+
+
+def interpreter_bin() -> str:
+    """The folder of the running Python, where its environment's console scripts are: a virtual environment used
+    without being activated (cron, systemd, `/venv/bin/python -m ...`) has them there, not on PATH."""
+    return os.path.dirname(sys.executable)
+
+
+def find_program(name: str) -> str:
+    """The path of a console script: beside the running interpreter first, then on PATH."""
+    beside = os.path.join(interpreter_bin(), name)
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+    raise ProgramNotFoundError(
+        f"{name} not found, neither beside the running Python ({interpreter_bin()}) nor on PATH "
+        f"({os.environ.get('PATH', '')}); install aimfl into this environment (pip install -e .) or run it with "
+        "that environment's python")
+
+
+def program_env(**values: str) -> dict[str, str]:
+    """This process's environment plus `values`, with the interpreter's folder first on PATH: Flower's programs
+    start each other by name (the SuperLink its SuperExec, the SuperExec the apps), so they must find this
+    environment's copies too."""
+    path = os.pathsep.join(filter(None, (interpreter_bin(), os.environ.get("PATH"))))
+    return {**os.environ, "PATH": path, **values}
 
 
 def toml_value(value) -> str:
@@ -98,13 +131,14 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
     status is 0 even when the ServerApp failed: check for the run's outputs.
     """
     flwr_home = tempfile.mkdtemp(prefix="aimfl-flwr-home-")
-    env = {**os.environ, "FLWR_HOME": flwr_home,
-           # the app runs in this environment: no per-run `uv sync` (slow, and needs the network)
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+    env = program_env(FLWR_HOME=flwr_home,
+                      # the app runs in this environment: no per-run `uv sync` (slow, and needs the network)
+                      FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                      FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+                      FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
     federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus} "
                   f"client-resources-num-gpus={client_gpus}" + (f" init-args-num-cpus={ray_cpus}" if ray_cpus else ""))
-    command = ["flwr", "run", app_dir, "--stream", "--run-config", toml_pairs(run_config),
+    command = [find_program("flwr"), "run", app_dir, "--stream", "--run-config", toml_pairs(run_config),
                "--federation-config", federation]
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     open(log_path, "w").close()

@@ -19,10 +19,20 @@ from helpers import aimfl, save_tiny_backbone, tiny_overrides
 from aim_core.credentials import make_site_key, make_tls_certificates
 from aim_core.deployment import Federation
 from aim_core.federated import APP_ROOT
-from aim_core.simulation import processes_mentioning
+from aim_core.simulation import interpreter_bin, processes_mentioning
 from aim_core.synthetic import make_synthetic
 
 ROUND_TIMEOUT = 40  # seconds: a round of the tiny model takes about 20 s on 2 cores, process starts included
+
+
+@pytest.fixture(autouse=True, scope="module")
+def environment_not_activated():
+    """Operators start the environment's python from cron or systemd without activating it: its console scripts
+    (flwr, flower-superlink, flower-supernode) are then not on PATH. Every test here runs that way."""
+    saved = os.environ["PATH"]
+    os.environ["PATH"] = os.pathsep.join(p for p in saved.split(os.pathsep) if os.path.abspath(p) != interpreter_bin())
+    yield
+    os.environ["PATH"] = saved
 
 
 def site_overrides(world, weights):

@@ -133,3 +133,18 @@ def test_a_federation_needs_certificates_unless_insecure_is_asked_for_and_then_w
         federation.start_superlink(auth=True)
     assert "insecure = true" in Path(os.path.join(federation.flwr_home, "config.toml")).read_text()
     assert federation.services == {}  # nothing started
+
+
+def test_flower_programs_are_found_beside_the_interpreter_before_path(tmp_path, monkeypatch):
+    from aim_core.simulation import ProgramNotFoundError, find_program, interpreter_bin, program_env
+
+    for name in ("flwr", "only-on-path"):  # a decoy flwr, and a program only PATH has
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an unactivated environment: its scripts are not on PATH
+    assert find_program("flwr") == os.path.join(interpreter_bin(), "flwr")
+    assert find_program("only-on-path") == str(tmp_path / "only-on-path")
+    assert program_env()["PATH"].split(os.pathsep)[:2] == [interpreter_bin(), str(tmp_path)]
+    with pytest.raises(ProgramNotFoundError) as raised:
+        find_program("flower-nonexistent")
+    assert interpreter_bin() in str(raised.value) and str(tmp_path) in str(raised.value)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from aim_core.evaluation import average_view_probabilities
 from aim_core.model import build_model
+from aim_core.simulation import find_program
 from aim_core.training import Trainer, build_mixup, build_optimizer, build_scheduler
 
 
@@ -68,7 +69,7 @@ def test_kill_and_resume_reaches_the_same_weights(synthetic_world, trained_run, 
 def test_ddp_two_gloo_ranks_match_one_process(synthetic_world, trained_run, tmp_path):
     """2 ranks x batch 4 (DDP, gloo) against 1 process x batch 8: the same total batch of the same clips."""
     out = tmp_path / "run_ddp"
-    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "aim_core.cli", "train", "synthetic",
+    cmd = [find_program("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aim_core.cli", "train", "synthetic",
            *tiny_overrides(synthetic_world, out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     final = json.loads((out / "final.json").read_text())
