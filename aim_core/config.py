@@ -61,13 +61,14 @@ def _merge_strict(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig
         raise ConfigError(f"{source}: {err}") from err
 
 
-def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    cfg = OmegaConf.load(BASE_FILE)
+def _strict(cfg: DictConfig) -> DictConfig:
     OmegaConf.set_struct(cfg, True)
     for section in OPEN_SECTIONS:
         OmegaConf.set_struct(OmegaConf.select(cfg, section), False)
-    for source, layer in _read_layers(resolve_config_path(name)):
-        cfg = _merge_strict(cfg, layer, source)
+    return cfg
+
+
+def _apply_overrides(cfg: DictConfig, overrides, name: str) -> DictConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command-line override {item!r} is not key=value")
@@ -77,6 +78,19 @@ def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictC
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve config {name!r}: {err}") from err
     return cfg
+
+
+def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """base.yaml, then the named config file and its bases, then `key=value` overrides; every key declared."""
+    cfg = _strict(OmegaConf.load(BASE_FILE))
+    for source, layer in _read_layers(resolve_config_path(name)):
+        cfg = _merge_strict(cfg, layer, source)
+    return _apply_overrides(cfg, overrides, name)
+
+
+def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "stored config"):
+    """A config stored whole (in a checkpoint's metadata), with `key=value` overrides as strict as `load_config`'s."""
+    return _apply_overrides(_strict(OmegaConf.create(values)), overrides, source)
 
 
 def to_dict(cfg: DictConfig) -> dict:

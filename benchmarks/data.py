@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from aim_core.annotations import VideoRecord
 from aim_core.config import load_config
-from aim_core.synthetic import write_mp4
-from aim_core.video_data import VideoDataset
+from aim_core.data.annotations import VideoRecord
+from aim_core.data.synthetic import write_mp4
+from aim_core.data.video import VideoDataset, video_dataset
 
 REAL_CLIPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "real-clips")
 
@@ -70,11 +70,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=64, help="clips timed per measurement")
     parser.add_argument("--videos", type=int, default=8, help="generated 340x256 videos")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "data.json"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                      "data.json"))
     args = parser.parse_args()
 
     cfg = load_config("k400_clip_vit_b16_8f")
-    mean, std = cfg.model.backbone.mean, cfg.model.backbone.std
     sources = {}
     with tempfile.TemporaryDirectory() as tmp:
         sources["generated_340x256_h264"] = make_videos(tmp, args.videos)
@@ -84,7 +84,7 @@ def main() -> None:
         report = {"benchmark": "data", "clip": "8x224x224, dense 8x16, decode short side 256",
                   "cpu_cores": os.cpu_count(), "results": {}}
         for name, records in sources.items():
-            dataset = VideoDataset(records, "", cfg.data, mean, std, train=True)
+            dataset = video_dataset(cfg, records, "", train=True)
             result = {"videos": len(records)}
             for workers in (1, 2):
                 rate = clips_per_second(dataset, workers, args.clips)

@@ -49,10 +49,10 @@ class PeakMemory:
 
 
 def round_overhead(rounds: int, work: str) -> dict:
-    from aim_core.annotations import read_annotations
-    from aim_core.partition import write_partitions
-    from aim_core.simulation import run_simulation
-    from aim_core.synthetic import make_synthetic
+    from aim_core.data.annotations import read_annotations
+    from aim_core.data.partition import write_partitions
+    from aim_core.data.synthetic import make_synthetic
+    from aimfl.simulation import run_simulation
 
     world = os.path.join(work, "world")
     make_synthetic(world, train_per_class=8, val_per_class=2, progress=False)
@@ -75,7 +75,8 @@ def round_overhead(rounds: int, work: str) -> dict:
                   "overhead_seconds": r["train_phase_seconds"] - r["slowest_client_seconds"]} for r in history]
     steady = per_round[1:] or per_round  # round 1 includes building the model in every Ray worker
     return {"clients": 4, "rounds": rounds, "flwr_run_wall_seconds": round(wall, 1), "per_round": per_round,
-            "steady_overhead_fraction": statistics.mean(r["overhead_seconds"] / r["train_phase_seconds"] for r in steady)}
+            "steady_overhead_fraction": statistics.mean(r["overhead_seconds"] / r["train_phase_seconds"]
+                                                        for r in steady)}
 
 
 def aggregation(updates: int) -> dict:
@@ -83,10 +84,11 @@ def aggregation(updates: int) -> dict:
     from flwr.supercore.task_identity import TaskIdentity
 
     from aim_core.config import load_config
-    from aim_core.federated import FederatedSettings, default_run_config, encode_state
-    from aim_core.model import build_model
-    from aim_core.trainable import trainable_state
-    from server.strategy import build_strategy
+    from aim_core.federated.settings import FederatedSettings, default_run_config
+    from aim_core.federated.wire import encode_state
+    from aim_core.model.factory import build_model
+    from aim_core.model.trainable import trainable_state
+    from server.strategy import ValidatedRounds, build_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as inside a ServerApp
     cfg = load_config("k400_clip_vit_b16_8f", ["model.backbone.pretrained=null"])  # shapes only: no download
@@ -96,20 +98,21 @@ def aggregation(updates: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     global_state = {k: torch.randn(s, generator=generator) * 0.02 for k, s in shapes.items()}
     settings = FederatedSettings.from_run_config({**default_run_config(), "min-nodes": updates})
-    strategy = build_strategy(settings, population=updates)
-    replies = []
+    rounds = ValidatedRounds(build_strategy(settings), settings)
+    instructions, replies = [], []
     for node in range(updates):
         state = {k: v + torch.randn(v.shape, generator=generator) * 1e-3 for k, v in global_state.items()}
-        instruction = Message(RecordDict(), dst_node_id=node + 1, message_type="train")
+        instruction = Message(RecordDict({"arrays": encode_state(global_state, "fp32")}), dst_node_id=node + 1,
+                              message_type="train")
+        instructions.append(instruction)
         replies.append(Message(RecordDict({"arrays": encode_state(state, "fp32"), "metrics": MetricRecord(
             {"train-loss": 1.0, "num-examples": 100 + node, "skipped-videos": 0, "train-seconds": 1.0})}),
             reply_to=instruction))
-    strategy.expect(1, encode_state(global_state, "fp32"))
     with PeakMemory() as memory:
         started = time.perf_counter()
-        arrays, _ = strategy.aggregate_train(1, replies)
+        outcome = rounds.aggregate_train(1, encode_state(global_state, "fp32"), instructions, replies)
         seconds = time.perf_counter() - started
-    assert arrays is not None and strategy.round_log["accepted"] == updates
+    assert outcome.arrays is not None and outcome.accepted == updates
     return {"updates": updates, "trainable_params_per_update": params, "update_mb": params * 4 / 1e6,
             "aggregation_seconds": round(seconds, 3), "peak_memory_mb": round(memory.peak / 1e6, 1),
             "includes": "validation of every reply (keys, shapes, dtype, finiteness, norm) + FedAvg"}

@@ -18,7 +18,7 @@ import json
 import os
 
 from aim_core.config import load_config
-from aim_core.train import run
+from aimfl.train import run
 
 VARIANTS = ["space_only", "spatial", "temporal", "aim", "full_finetune"]
 LABELS = {"space_only": "frozen space-only (linear probe)", "spatial": "+ spatial adaptation",

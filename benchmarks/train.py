@@ -1,6 +1,6 @@
 """Training throughput and memory of AIM against full fine-tuning of the same network.
 
-Both variants run the project's own training step (`aim_core.training.Trainer`), each in its own
+Both variants run the project's own training step (`aim_core.engine.step.Trainer`), each in its own
 process so that its peak memory is its own: on the CPU the peak RSS and its growth over the built
 model, on a GPU torch.cuda.max_memory_allocated.
 
@@ -33,13 +33,13 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from aim_core.annotations import read_annotations
 from aim_core.config import load_config
-from aim_core.counting import count_forward_macs
-from aim_core.model import build_model
-from aim_core.trainable import count_parameters
-from aim_core.training import build_trainer
-from aim_core.video_data import VideoDataset
+from aim_core.data.annotations import read_annotations
+from aim_core.data.video import video_dataset
+from aim_core.engine.step import build_trainer
+from aim_core.model.counting import count_forward_macs
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import count_parameters
 
 # Dense bf16 tensor-core peak of the GPUs we report against, in FLOP/s.
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -58,11 +58,11 @@ def video_batches(cfg, folder: str, batch: int, on_gpu: bool):
 
         records = make_videos(folder, 8)
     else:
-        from aim_core.synthetic import make_synthetic
+        from aim_core.data.synthetic import make_synthetic
 
         make_synthetic(folder, train_per_class=4, val_per_class=1, progress=False)
         records = read_annotations(os.path.join(folder, "train.txt"))
-    dataset = VideoDataset(records, folder, cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std, train=True)
+    dataset = video_dataset(cfg, records, folder, train=True)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
                         persistent_workers=cfg.data.num_workers > 0, pin_memory=on_gpu)
     while True:

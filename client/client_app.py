@@ -7,10 +7,10 @@ scalar metrics. Videos, paths and labels never leave the client.
 The frozen backbone is built once per process and reused: a simulation worker serves many
 clients and rounds with one model, reloading only the trainable state from each message. A
 deployed SuperNode starts a fresh ClientApp process per message, which loads the site's
-pre-staged backbone weights once, memory-mapped (see `aim_core/backbones.py`).
+pre-staged backbone weights once, memory-mapped (see `aim_core/model/backbones.py`).
 
 Where the videos are: a deployed site names its list file, video root and backbone weights in
-its node config; a simulated client gets a partition id (`aim_core.federated.client_setup`).
+its node config; a simulated client gets a partition id (`aim_core.federated.local.client_setup`).
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from aim_core.config import to_dict
-from aim_core.federated import (
-    FederatedSettings,
-    client_setup,
-    decode_state,
-    encode_state,
-    evaluate_records,
-    train_round,
-)
-from aim_core.model import build_model
-from aim_core.trainable import load_trainable_state, trainable_state
+from aim_core.engine.evaluation import evaluate_records
+from aim_core.engine.precision import default_device
+from aim_core.federated.local import client_setup, train_round
+from aim_core.federated.settings import FederatedSettings
+from aim_core.federated.wire import decode_state, encode_state
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import load_trainable_state, trainable_state
 
 
 def errors_stay_on_site(msg: Message, context: Context, call_next) -> Message:
@@ -52,19 +49,15 @@ app = ClientApp(mods=[errors_stay_on_site])
 _models: dict[str, torch.nn.Module] = {}  # model config -> the model built for it in this process
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def model_with(cfg, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The process's model for `cfg.model` (built on first use), holding the received trainable state."""
     key = json.dumps(to_dict(cfg.model), sort_keys=True)
     if key not in _models:
         _models.clear()  # one backbone in memory at a time
         torch.manual_seed(cfg.seed)  # the server's initialisation: random backbones (tests) match too
-        _models[key] = build_model(cfg.model).to(device())
+        _models[key] = build_model(cfg.model).to(default_device())
     model = _models[key]
-    load_trainable_state(model, {k: v.to(device()) for k, v in state.items()}, source="the server's message")
+    load_trainable_state(model, {k: v.to(default_device()) for k, v in state.items()}, source="the server's message")
     return model
 
 
@@ -76,7 +69,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])
     model = model_with(cfg, decode_state(msg.content["arrays"]))
     metrics = train_round(model, cfg, data, server_round, settings.local_epochs,
-                          float(config.get("proximal-mu", 0.0)), device())
+                          float(config.get("proximal-mu", 0.0)), default_device())
     log(INFO, "round %d: trained on %d videos of %s in %.1f s, loss %.4f, %d unreadable skipped", server_round,
              metrics["num-examples"], data.source, metrics["train-seconds"], metrics["train-loss"],
              metrics["skipped-videos"])
@@ -92,7 +85,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if not data.val:
         raise ValueError(f"{data.source}: no held-out videos to evaluate on (local-val-fraction=0)")
     model = model_with(cfg, decode_state(msg.content["arrays"]))
-    result = evaluate_records(model, cfg, data.val, data.root, device())
+    result = evaluate_records(model, cfg, data.val, data.root, default_device())
     metrics = {"eval-top1": result["top1"], "eval-loss": result["loss"], "num-examples": result["videos"],
                "skipped-videos": result["skipped"]}
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

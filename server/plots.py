@@ -15,7 +15,7 @@ def plot_rounds(history: list[dict], out_dir: str, partition_summary: str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aim_core.partition import plot_label_distribution
+    from aim_core.data.partition import plot_label_distribution
 
     os.makedirs(out_dir, exist_ok=True)
     rounds = [r["round"] for r in history]

@@ -1,27 +1,31 @@
-"""Flower strategies with aimfl's reply validation, selectable by name.
+"""Flower's strategies, with every client reply checked before it is aggregated.
 
-`validated(cls)` puts `ValidatedAggregation` in front of any flwr strategy class (FedAvg, FedProx,
-FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum, or a DP wrapper around FedAvg). Before the
-strategy aggregates, every reply is checked: an error reply, extra records, a different key set,
-a wrong shape or dtype, non-finite values, an update norm above `max-update-norm` or a
-non-positive `num-examples` is rejected, logged with the node id and the reason, and counted. A
-round with fewer than `min-valid-replies` accepted updates keeps the previous global state. A
-round in which fewer than `min-nodes` of the sampled nodes replied within `round-timeout` (a
-site crashed, lost its link or is too slow) raises `RoundIncomplete`: the run stops after its
-last finished round, which `resume=true` continues from.
+`build_strategy` makes the configured flwr strategy (FedAvg, FedProx, FedAdam, FedYogi, FedMedian,
+FedTrimmedAvg, Krum, or server-side DP around FedAvg) and restores what it carried between rounds
+when a run resumes (`strategy_state`: FedAdam/FedYogi moments, the DP accountant).
 
-The global state stays fp32 on the server (FedAdam's moments included); only the messages use
-the wire dtype. `round_offset` continues round numbers after a resume, so configs sent to clients,
-FedAdam's bias correction and the logs all see the true round.
+`ValidatedRounds` runs one round's training or evaluation with that strategy: the strategy samples
+the nodes and aggregates; in between, every reply is checked. An error reply, extra records, a
+different key set, a wrong shape or dtype, non-finite values, an update norm above
+`max-update-norm` or a non-positive `num-examples` is rejected, logged with the node id and the
+reason, and returned in the round's report. With fewer than `min-valid-replies` accepted updates the
+round keeps the previous global state. When fewer than `min-nodes` of the sampled nodes replied
+within `round-timeout` (a site crashed, lost its link or is too slow), `RoundIncomplete` ends the run
+after its last finished round, which `resume=true` continues from.
+
+The global state stays fp32 on the server (FedAdam's moments included); only the messages use the
+wire dtype. The server, not the client, sets each update's weight.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from logging import WARNING
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
@@ -38,11 +42,13 @@ from flwr.serverapp.strategy import (
 )
 
 from aim_core.config import ConfigError
-from aim_core.federated import FederatedSettings, decode_state, encode_state, payload_bytes, update_problem
+from aim_core.federated.settings import FederatedSettings
+from aim_core.federated.wire import decode_state, encode_state, payload_bytes, update_problem
 
 TRAIN_METRICS = ("train-loss", "num-examples", "skipped-videos", "train-seconds")  # what a train reply reports
 EVALUATE_METRICS = ("eval-top1", "eval-loss", "num-examples", "skipped-videos")
-WEIGHT_KEY = "aggregation-weight"  # set by the server from num-examples (or 1): clients do not pick their weight
+WEIGHT_KEY = "aggregation-weight"  # set by the server: clients do not pick their weight
+MOMENTS = ("m_t", "v_t")  # FedAdam / FedYogi
 
 
 class RoundIncomplete(RuntimeError):
@@ -55,8 +61,9 @@ def short_reason(reason: str) -> str:
     return (lines[-1] if lines else reason)[-300:]
 
 
-def build_strategy(settings: FederatedSettings, population: int) -> Strategy:
-    """The configured strategy, validated; `population` is the number of clients (for DP accounting)."""
+def build_strategy(settings: FederatedSettings, state: dict | None = None) -> Strategy:
+    """The configured flwr strategy, carrying `state` (from `strategy_state`) when a run resumes."""
+    population = settings.min_nodes
     common = {"fraction_train": settings.fraction_train, "fraction_evaluate": settings.fraction_evaluate,
               "min_train_nodes": settings.min_nodes, "min_evaluate_nodes": settings.min_nodes,
               "min_available_nodes": settings.min_nodes, "weighted_by_key": WEIGHT_KEY}
@@ -74,7 +81,7 @@ def build_strategy(settings: FederatedSettings, population: int) -> Strategy:
         raise ConfigError(f"run config strategy={settings.strategy!r}; choose one of {', '.join(choices)}")
     base, extra = choices[settings.strategy]
     if settings.dp_noise_multiplier <= 0:
-        strategy = validated(base)(**common, **extra)
+        strategy = base(**common, **extra)
     else:
         if settings.strategy != "fedavg":
             raise ConfigError("server-side DP with an accountant wraps plain FedAvg only (strategy=\"fedavg\")")
@@ -83,57 +90,86 @@ def build_strategy(settings: FederatedSettings, population: int) -> Strategy:
             target_delta=settings.dp_target_delta, population_size=population,
             neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
             sampling_method=SamplingMethod.NO_AMPLIFICATION))
-        strategy = validated(DifferentialPrivacyServerSideFixedClipping)(
+        strategy = DifferentialPrivacyServerSideFixedClipping(
             FedAvg(**common), settings.dp_noise_multiplier, settings.dp_clipping_norm, sampled, accountant=accountant)
-    strategy.setup_validation(settings)
+    for name, value in (state or {}).items():
+        if name == "accountant":
+            strategy.accountant.load_state_dict(value)
+        else:  # moments are stored as tensors: checkpoints load with weights_only=True
+            setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
     return strategy
 
 
-def validated(strategy_class: type) -> type:
-    """`strategy_class` with `ValidatedAggregation` in front of it."""
-    return type(f"Validated{strategy_class.__name__}", (ValidatedAggregation, strategy_class), {})
+def strategy_state(strategy: Strategy) -> dict:
+    """What a strategy carries from round to round: FedAdam/FedYogi moments, the DP accountant's releases."""
+    state = {name: {k: torch.from_numpy(np.asarray(v)) for k, v in getattr(strategy, name).items()}
+             for name in MOMENTS if getattr(strategy, name, None) is not None}
+    if getattr(strategy, "accountant", None) is not None:
+        state["accountant"] = strategy.accountant.state_dict()
+    return state
 
 
-class ValidatedAggregation:
-    """Put in front of a flwr strategy class by `validated`; see the module docstring."""
+@dataclass
+class TrainRound:
+    """What happened in one round's training phase."""
 
-    def setup_validation(self, settings: FederatedSettings) -> None:
+    arrays: ArrayRecord | None  # the new global state (fp32), or None: the previous one is kept
+    sampled: list[int]
+    accepted: int = 0
+    rejected: list[dict] = field(default_factory=list)  # {"node", "reason"}
+    nodes: dict[str, dict] = field(default_factory=dict)  # node id -> bytes sent and received, reported metrics
+    seconds: float = 0.0  # instructions out to aggregate in
+
+
+@dataclass
+class EvaluateRound:
+    """What happened in one round's client-side evaluation."""
+
+    metrics: dict | None  # video-weighted means over the clients that evaluated, or None: none did
+    bytes_sent: dict[str, int] = field(default_factory=dict)  # node id -> bytes of the state sent to it
+
+
+class ValidatedRounds:
+    """One round's training or evaluation through `strategy`, every reply checked first (see the module doc)."""
+
+    def __init__(self, strategy: Strategy, settings: FederatedSettings):
+        self.strategy = strategy
         self.settings = settings
-        self.round_offset = 0
-        self.round_log: dict = {}  # what happened in the current round, read by the server app
-        self.instructions: list[Message] = []  # the messages of the current phase (train or evaluate)
 
-    # --- training -------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        server_round += self.round_offset
-        self.expect(server_round, arrays)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        wire = encode_state(self.sent, self.settings.update_dtype)
-        for message in messages:
+    def train(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> TrainRound:
+        """Sends the global state `arrays` to the sampled nodes, waits for their updates, and aggregates the valid
+        ones."""
+        started = time.time()
+        wire = encode_state(decode_state(arrays), self.settings.update_dtype)
+        instructions = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        for message in instructions:
             message.content["arrays"] = wire
-            self._node(message.metadata.dst_node_id)["bytes_sent"] += payload_bytes(wire)
-        self.round_log["sampled"] = sorted(message.metadata.dst_node_id for message in messages)
-        self.instructions = messages  # the grid gives each its message id when it sends it
-        return messages
+        replies = grid.send_and_receive(instructions, timeout=self.settings.round_timeout)
+        outcome = self.aggregate_train(server_round, arrays, instructions, replies)
+        outcome.seconds = time.time() - started
+        return outcome
 
-    def expect(self, server_round: int, arrays: ArrayRecord) -> None:
-        """Starts a round's log; replies will be checked against `arrays`, the global state sent."""
-        self.sent = decode_state(arrays)
-        self.expected = {k: tuple(v.shape) for k, v in self.sent.items()}
-        self.round_log = {"round": server_round, "nodes": {}, "rejected": [], "started": time.time()}
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        server_round += self.round_offset
-        replies = self.senders(replies)
-        self.check_replied(server_round, {node for node, reply in replies if reply.metadata.src_node_id == node})
+    def aggregate_train(self, server_round: int, arrays: ArrayRecord, instructions: list[Message],
+                        replies) -> TrainRound:
+        """Checks every reply to `instructions` against the global state `arrays` they carried, and aggregates the
+        valid ones with the strategy."""
+        sent = decode_state(arrays)
+        expected = {k: tuple(v.shape) for k, v in sent.items()}
+        outcome = TrainRound(arrays=None, sampled=sorted(m.metadata.dst_node_id for m in instructions))
+        for message in instructions:
+            outcome.nodes[str(message.metadata.dst_node_id)] = {
+                "bytes_sent": payload_bytes(message.content["arrays"]), "bytes_received": 0}
+        replies = senders(instructions, replies)
+        self.check_replied(server_round, outcome.sampled, replies)
         accepted = []
         for node, reply in replies:
-            problem = self._train_reply_problem(reply, node)
+            record = outcome.nodes.setdefault(str(node), {"bytes_sent": 0, "bytes_received": 0})
+            if not reply.has_error():
+                record["bytes_received"] += sum(payload_bytes(r) for r in reply.content.array_records.values())
+            problem = self.train_reply_problem(reply, expected, sent)
             if problem:
                 log(WARNING, "round %d: rejected the update of node %d: %s", server_round, node, problem)
-                self.round_log["rejected"].append({"node": node, "reason": problem})
+                outcome.rejected.append({"node": node, "reason": problem})
                 continue
             metrics = reply.content["metrics"]
             weight = metrics["num-examples"] if self.settings.weighting == "num-examples" else 1
@@ -141,31 +177,22 @@ class ValidatedAggregation:
             if self.settings.update_dtype != "fp32":
                 reply.content["arrays"] = encode_state(decode_state(reply.content["arrays"]), "fp32")
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in TRAIN_METRICS}, WEIGHT_KEY: weight})
-            self._node(node).update({k: metrics[k] for k in TRAIN_METRICS})
+            record.update({k: metrics[k] for k in TRAIN_METRICS})
             accepted.append(reply)
-        self.round_log["accepted"] = len(accepted)
+        outcome.accepted = len(accepted)
         if len(accepted) < self.settings.min_valid_replies:
             log(WARNING, "round %d: %d valid updates (fewer than min-valid-replies=%d); keeping the previous global "
-                        "state", server_round, len(accepted), self.settings.min_valid_replies)
-            self.round_log["kept_previous_state"] = True
-            return None, None
-        arrays, metrics = super().aggregate_train(server_round, accepted)
-        if arrays is None:  # the strategy declined (e.g. DP accounting saw a rejected reply)
-            self.round_log["kept_previous_state"] = True
-            return None, metrics
-        self.round_log["kept_previous_state"] = False
-        self.round_log["train_phase_seconds"] = time.time() - self.round_log["started"]
-        return encode_state(decode_state(arrays), "fp32"), metrics
+                         "state", server_round, len(accepted), self.settings.min_valid_replies)
+            return outcome
+        aggregated, _ = self.strategy.aggregate_train(server_round, accepted)
+        if aggregated is not None:  # None: the strategy declined (e.g. DP accounting saw a rejected reply)
+            outcome.arrays = encode_state(decode_state(aggregated), "fp32")
+        return outcome
 
-    def senders(self, replies: Iterable[Message]) -> list[tuple[int, Message]]:
-        """Each reply with the node it answers for. The SuperLink answers for a node it lost, as node 1, so a reply
-        whose source is not that node did not come from it."""
-        destination = {m.metadata.message_id: m.metadata.dst_node_id for m in self.instructions}
-        return [(destination.get(r.metadata.reply_to_message_id, r.metadata.src_node_id), r) for r in replies]
-
-    def check_replied(self, server_round: int, replied: set[int]) -> None:
-        """Raises `RoundIncomplete` when fewer than `min-nodes` sampled nodes replied (their errors count)."""
-        sampled = self.round_log.get("sampled", [])
+    def check_replied(self, server_round: int, sampled: list[int], replies: list[tuple[int, Message]]) -> None:
+        """Raises `RoundIncomplete` when fewer than `min-nodes` sampled nodes replied (their errors count; the
+        SuperLink's replies for nodes it lost do not)."""
+        replied = {node for node, reply in replies if reply.metadata.src_node_id == node}
         silent = ", ".join(str(node) for node in sampled if node not in replied)
         why = f"node(s) {silent} did not (unreachable, or silent for round-timeout={self.settings.round_timeout:g} s)"
         if len(replied) < self.settings.min_nodes:
@@ -175,47 +202,39 @@ class ValidatedAggregation:
             log(WARNING, "round %d: %d of the %d sampled nodes replied; %s", server_round, len(replied), len(sampled),
                 why)
 
-    def _train_reply_problem(self, reply: Message, node: int) -> str | None:
+    def train_reply_problem(self, reply: Message, expected: dict, sent: dict) -> str | None:
         if reply.has_error():
             return f"error reply: {short_reason(reply.error.reason)}"
-        self._node(node)["bytes_received"] += sum(
-            payload_bytes(r) for r in reply.content.array_records.values())
-        if set(reply.content.keys()) != {"arrays", "metrics"} or "arrays" not in reply.content.array_records \
-                or "metrics" not in reply.content.metric_records:
-            return f"records {sorted(reply.content.keys())}, expected exactly an ArrayRecord 'arrays' and a MetricRecord 'metrics'"
-        metrics = reply.content["metrics"]
+        content = reply.content
+        if set(content.keys()) != {"arrays", "metrics"} or "arrays" not in content.array_records \
+                or "metrics" not in content.metric_records:
+            return (f"records {sorted(content.keys())}, expected exactly an ArrayRecord 'arrays' and a MetricRecord "
+                    "'metrics'")
+        metrics = content["metrics"]
         missing = [k for k in TRAIN_METRICS if not isinstance(metrics.get(k), (int, float))]
         if missing:
             return f"metrics lack {missing}"
         if not all(math.isfinite(metrics[k]) for k in TRAIN_METRICS):
             return "non-finite metrics"
-        bound = self.settings.max_update_norm or None
-        problem = update_problem(reply.content["arrays"], self.expected, self.settings.update_dtype,
-                                 metrics["num-examples"], self.sent, bound)
+        problem = update_problem(content["arrays"], expected, self.settings.update_dtype, metrics["num-examples"],
+                                 sent, self.settings.max_update_norm or None)
         if problem is None and self.settings.dp_noise_multiplier > 0 and all(
-                (decode_state(reply.content["arrays"])[k] == v).all() for k, v in self.sent.items()):
+                (decode_state(content["arrays"])[k] == v).all() for k, v in sent.items()):
             return "an unchanged state: flwr's DP clipping divides by the update's norm, which is zero"
         return problem
 
-    # --- evaluation -----------------------------------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        server_round += self.round_offset
+    def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> EvaluateRound:
+        """Client-side evaluation on held-out local videos, every `client-eval-every` rounds."""
         every = self.settings.client_eval_every
         if not every or server_round % every:
-            return []
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+            return EvaluateRound(metrics=None)
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         wire = encode_state(decode_state(arrays), self.settings.update_dtype)
         for message in messages:
             message.content["arrays"] = wire
-            self._node(message.metadata.dst_node_id)["bytes_sent"] += payload_bytes(wire)
-        self.instructions = messages
-        return messages
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        server_round += self.round_offset
+        outcome = EvaluateRound(None, {str(m.metadata.dst_node_id): payload_bytes(wire) for m in messages})
         accepted = []
-        for node, reply in self.senders(replies):
+        for node, reply in senders(messages, grid.send_and_receive(messages, timeout=self.settings.round_timeout)):
             metrics = None if reply.has_error() else reply.content.metric_records.get("metrics")
             problem = (f"error reply: {short_reason(reply.error.reason)}" if reply.has_error() else
                        "no MetricRecord 'metrics'" if metrics is None else
@@ -229,13 +248,16 @@ class ValidatedAggregation:
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in EVALUATE_METRICS},
                                                      WEIGHT_KEY: metrics["num-examples"]})
             accepted.append(reply)
-        if not accepted:
-            return None
-        aggregated = super().aggregate_evaluate(server_round, accepted)
-        videos = sum(reply.content["metrics"]["num-examples"] for reply in accepted)
-        self.round_log["client_eval"] = {"eval-top1": aggregated["eval-top1"], "eval-loss": aggregated["eval-loss"],
-                                         "videos": videos, "clients": len(accepted)}
-        return aggregated
+        if accepted:
+            aggregated = self.strategy.aggregate_evaluate(server_round, accepted)
+            outcome.metrics = {"eval-top1": aggregated["eval-top1"], "eval-loss": aggregated["eval-loss"],
+                               "videos": sum(reply.content["metrics"]["num-examples"] for reply in accepted),
+                               "clients": len(accepted)}
+        return outcome
 
-    def _node(self, node_id: int) -> dict:
-        return self.round_log["nodes"].setdefault(str(node_id), {"bytes_sent": 0, "bytes_received": 0})
+
+def senders(instructions: list[Message], replies) -> list[tuple[int, Message]]:
+    """Each reply with the node it answers for. The SuperLink answers for a node it lost, as node 1, so a reply
+    whose source is not that node did not come from it. (The grid gives each instruction its id as it sends it.)"""
+    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in instructions}
+    return [(destination.get(r.metadata.reply_to_message_id, r.metadata.src_node_id), r) for r in replies]

@@ -17,7 +17,7 @@ def tiny_overrides(world, out, *extra):
 
 
 def aimfl(*args, env=None, check=True):
-    return subprocess.run([sys.executable, "-m", "aim_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "aimfl", *args], capture_output=True, text=True,
                           check=check, env={**os.environ, **(env or {})})
 
 
@@ -25,8 +25,8 @@ def save_tiny_backbone(world, path):
     """The tiny random backbone of `tiny_overrides`, saved in timm format: the weights a site pre-stages."""
     import torch
 
-    from aim_core.backbones import build_timm_model
     from aim_core.config import load_config
+    from aim_core.model.backbones import build_timm_model
 
     cfg = load_config("synthetic", tiny_overrides(world, "unused"))
     torch.save(build_timm_model(cfg.model.backbone, img_size=cfg.model.image_size).state_dict(), path)

@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 
-from aim_core.backbones import PretrainedWeightsError
-from aim_core.model import build_model
+from aim_core.model.backbones import PretrainedWeightsError
+from aim_core.model.factory import build_model
 
 
 def test_missing_checkpoint_file_is_named(tiny_cfg, tmp_path):
@@ -21,7 +21,8 @@ def test_missing_checkpoint_file_is_named(tiny_cfg, tmp_path):
 @pytest.mark.parametrize("name", ["k400_clip_vit_b16_8f", "k400_in21k_vit_b16_8f"])
 def test_unreachable_hub_names_the_tag_and_the_local_file_option(tiny_cfg, name):
     cfg = tiny_cfg(name)  # asks for hub weights; tests run with HF_HUB_OFFLINE=1
-    with pytest.raises(PretrainedWeightsError, match=r"(?s)with tag '(openai|augreg_in21k)'.*model\.backbone\.checkpoint="):
+    expected = r"(?s)with tag '(openai|augreg_in21k)'.*model\.backbone\.checkpoint="
+    with pytest.raises(PretrainedWeightsError, match=expected):
         build_model(cfg.model)
 
 
@@ -61,7 +62,7 @@ def test_open_clip_local_checkpoint_is_loaded_exactly(tiny_cfg, tmp_path):
                    "model.backbone.quick_gelu=false", f"model.backbone.checkpoint={path}", "data.input_size=32")
     model = build_model(cfg.model)
     ours = dict(model.named_parameters())
-    torch.testing.assert_close(ours["blocks.0.attn.qkv.weight"], source.visual.transformer.resblocks[0].attn.in_proj_weight,
-                               rtol=0, atol=0)
+    in_proj = source.visual.transformer.resblocks[0].attn.in_proj_weight
+    torch.testing.assert_close(ours["blocks.0.attn.qkv.weight"], in_proj, rtol=0, atol=0)
     torch.testing.assert_close(ours["stem.positional_embedding"], source.visual.positional_embedding, rtol=0, atol=0)
     assert "proj" not in {n.split(".")[-1] for n in ours if n.startswith("stem")}

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from aim_core.config import load_config
-from aim_core.counting import model_info
+from aim_core.model.counting import model_info
 
 PAPER = {
     # config: (trainable, total, multiply-adds per view in G or None where the paper gives none we reproduce)
@@ -42,16 +42,17 @@ def test_multiply_adds_grow_with_frames():
     assert sixteen / eight == pytest.approx(2.0, rel=0.01)
 
 
+@pytest.mark.slow
 def test_info_cli_prints_json_and_rejects_unknown_keys():
     out = subprocess.run(
-        [sys.executable, "-m", "aim_core.cli", "info", "tiny_clip", "model.variant=space_only"],
+        [sys.executable, "-m", "aimfl", "info", "tiny_clip", "model.variant=space_only"],
         capture_output=True, text=True, check=True,
     )
     info = json.loads(out.stdout)
     assert {"total_params", "trainable_params", "gmacs_per_view", "views", "gmacs_total",
             "update_bytes_fp32"} <= info.keys()
     assert info["variant"] == "space_only"
-    bad = subprocess.run([sys.executable, "-m", "aim_core.cli", "info", "tiny_clip", "model.adapter_ration=0.5"],
+    bad = subprocess.run([sys.executable, "-m", "aimfl", "info", "tiny_clip", "model.adapter_ration=0.5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert "model.adapter_ration" in bad.stderr

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from aim_core.annotations import AnnotationError, VideoRecord, read_annotations
-from aim_core.evaluation import average_view_probabilities
-from aim_core.model import build_model
-from aim_core.video_data import VideoDataset, build_dataset
+from aim_core.data.annotations import AnnotationError, VideoRecord, read_annotations
+from aim_core.data.video import VideoDataset, build_dataset
+from aim_core.engine.evaluation import average_view_probabilities
+from aim_core.model.factory import build_model
 
 REAL_CLIPS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real-clips")
 
@@ -150,7 +150,7 @@ def test_each_bad_path_is_logged_once(tiny_cfg, synthetic_world, tmp_path, caplo
     listing, _ = corrupt_copy(synthetic_world, tmp_path)
     cfg = synthetic_cfg(tiny_cfg, synthetic_world, "data.root=", f"data.train_list={listing}")
     dataset = build_dataset(cfg, "train")
-    with caplog.at_level(logging.WARNING, logger="aim_core.video_data"):
+    with caplog.at_level(logging.WARNING, logger="aim_core.data.video"):
         for epoch in range(2):
             dataset.set_epoch(epoch)
             for i in range(2):

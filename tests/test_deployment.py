@@ -1,7 +1,7 @@
 """Flower deployment on 127.0.0.1: a TLS SuperLink with node authentication and real SuperNode processes.
 
 Every federation has its own FLWR_HOME, state database and free ports, and stops each process it
-started by PID (`aim_core.deployment.Federation`). The backbone is a tiny random timm ViT saved to
+started by PID (`aimfl.deployment.Federation`). The backbone is a tiny random timm ViT saved to
 a file, standing in for the weights each site pre-stages.
 """
 
@@ -13,14 +13,16 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from helpers import aimfl, save_tiny_backbone, tiny_overrides
 
-from aim_core.credentials import make_site_key, make_tls_certificates
-from aim_core.deployment import Federation
-from aim_core.federated import APP_ROOT
-from aim_core.simulation import interpreter_bin, processes_mentioning
-from aim_core.synthetic import make_synthetic
+from aim_core.data.synthetic import make_synthetic
+from aim_core.engine.checkpoint import load_training_state
+from aim_core.federated.settings import APP_ROOT
+from aimfl.credentials import make_site_key, make_tls_certificates
+from aimfl.deployment import Federation
+from aimfl.processes import interpreter_bin, processes_mentioning
+
+pytestmark = pytest.mark.slow  # every test here runs Flower's processes
 
 ROUND_TIMEOUT = 40  # seconds: a round of the tiny model takes about 20 s on 2 cores, process starts included
 
@@ -208,7 +210,7 @@ def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_l
             stopped_log[-3000:]
         assert "resume=true to continue from round 2" in stopped_log
         assert [r["round"] for r in history(out)] == [1]
-        assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["round"] == 1
+        assert load_training_state(out / "checkpoints" / "last.pt")["round"] == 1
         assert not (out / "final.safetensors").exists()
 
         # the SuperLink lets the site back in once it has marked it offline (2 missed heartbeats)

@@ -14,13 +14,15 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from helpers import aimfl, tiny_overrides
 from safetensors.torch import load_file
 
-from aim_core.annotations import read_annotations
 from aim_core.config import load_config
-from aim_core.federated import APP_ROOT, FederatedSettings, default_run_config, encode_state, experiment_config
-from aim_core.model import build_model
-from aim_core.partition import write_partitions
-from aim_core.simulation import run_simulation
-from aim_core.trainable import count_parameters, trainable_names, trainable_state
+from aim_core.data.annotations import read_annotations
+from aim_core.data.partition import write_partitions
+from aim_core.engine.checkpoint import load_training_state
+from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run_config, experiment_config
+from aim_core.federated.wire import encode_state
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import count_parameters, trainable_names, trainable_state
+from aimfl.simulation import run_simulation
 
 # dropout and drop path on: federated clients must draw the same masks as centralized training
 RANDOM_LAYERS = ("model.head_dropout=0.5", "model.drop_path_rate=0.1")
@@ -59,6 +61,7 @@ def partitions(synthetic_world, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synthetic_world, partitions, tmp_path):
     out = tmp_path / "run"
     config = run_config(synthetic_world, partitions / "iid3", out, 3, update_dtype="fp16")
@@ -78,7 +81,7 @@ def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synth
     final = json.loads((out / "final.json").read_text())
     assert final["bytes_per_update"] == trainable * 2 and final["rounds_done"] == 2
     assert final["full_model_bytes"] == count_parameters(model)["total_params"] * 2
-    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    checkpoint = load_training_state(out / "checkpoints" / "last.pt")
     assert checkpoint["round"] == 2 and set(checkpoint["arrays"]) == set(trainable_names(model))
     for name in ("accuracy", "loss", "bytes", "label_distribution"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
@@ -146,6 +149,7 @@ def train(msg, context):
 '''
 
 
+@pytest.mark.slow
 def test_nan_missing_key_and_raising_clients_are_rejected_and_the_run_completes(synthetic_world, partitions, tmp_path):
     app = tmp_path / "app"
     for package in ("aim_core", "server", "client", "configs"):
@@ -168,6 +172,7 @@ def test_nan_missing_key_and_raising_clients_are_rejected_and_the_run_completes(
     assert not record["kept_previous_state"] and (out / "final.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_fedavg_with_one_client_equals_centralized_training(synthetic_world, partitions, tmp_path):
     overrides = [*tiny_overrides(synthetic_world, tmp_path / "central", *RANDOM_LAYERS), "schedule.epochs=2",
                  "schedule.warmup_epochs=0"]
@@ -185,6 +190,7 @@ def test_fedavg_with_one_client_equals_centralized_training(synthetic_world, par
     assert any(not torch.equal(central[k], initial[k]) for k in central)  # it did train
 
 
+@pytest.mark.slow
 def test_fedadam_stopped_after_round_one_and_resumed_equals_an_uninterrupted_run(synthetic_world, partitions,
                                                                                tmp_path):
     def fedadam(out, **values):
@@ -193,13 +199,13 @@ def test_fedadam_stopped_after_round_one_and_resumed_equals_an_uninterrupted_run
 
     flwr_run(fedadam(tmp_path / "full"), 2, tmp_path / "full.log")
     flwr_run(fedadam(tmp_path / "split", stop_after_round=1), 2, tmp_path / "first.log")
-    assert torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)["round"] == 1
+    assert load_training_state(tmp_path / "split" / "checkpoints" / "last.pt")["round"] == 1
     log = flwr_run(fedadam(tmp_path / "split", resume=True), 2, tmp_path / "second.log")
     assert "resuming after round 1" in log
 
     assert [r["round"] for r in history(tmp_path / "split")] == [1, 2]
-    full = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)
-    split = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
+    full = load_training_state(tmp_path / "full" / "checkpoints" / "last.pt")
+    split = load_training_state(tmp_path / "split" / "checkpoints" / "last.pt")
     assert split["round"] == full["round"] == 2
     for key in full["arrays"]:
         torch.testing.assert_close(split["arrays"][key], full["arrays"][key], rtol=1e-4, atol=1e-6)
@@ -208,6 +214,7 @@ def test_fedadam_stopped_after_round_one_and_resumed_equals_an_uninterrupted_run
             np.testing.assert_allclose(split["strategy_state"][moment][key], value, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_server_side_dp_reports_the_privacy_spent(synthetic_world, partitions, tmp_path):
     out = tmp_path / "run"
     config = run_config(synthetic_world, partitions / "iid2", out, 2, num_server_rounds=1, dp_noise_multiplier=1.0,

@@ -7,17 +7,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from aim_core.federated import (
-    FederatedSettings,
-    decode_state,
-    default_run_config,
-    encode_state,
-    payload_bytes,
-    update_problem,
-)
-from aim_core.model import build_model
-from aim_core.trainable import count_parameters, trainable_state
-from server.strategy import RoundIncomplete, build_strategy
+from aim_core.federated.settings import FederatedSettings, default_run_config
+from aim_core.federated.wire import decode_state, encode_state, payload_bytes, update_problem
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import count_parameters, trainable_state
+from server.strategy import RoundIncomplete, ValidatedRounds, build_strategy, senders
 
 
 @pytest.fixture
@@ -34,7 +28,8 @@ def test_only_trainable_keys_travel_at_params_times_element_size(tiny_cfg, state
     back = decode_state(record)
     for k in state:
         assert back[k].dtype == torch.float32
-        torch.testing.assert_close(back[k], state[k], rtol=1e-3 if dtype == "fp16" else 0, atol=1e-3 if dtype == "fp16" else 0)
+        tolerance = 1e-3 if dtype == "fp16" else 0
+        torch.testing.assert_close(back[k], state[k], rtol=tolerance, atol=tolerance)
 
 
 def test_bf16_states_are_cast_for_the_wire(state):
@@ -71,15 +66,16 @@ def test_a_good_reply_passes_and_bad_ones_are_named(state):
 
 
 def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying():
-    strategy = build_strategy(FederatedSettings.from_run_config({**default_run_config(), "min-nodes": 2}), 2)
+    settings = FederatedSettings.from_run_config({**default_run_config(), "min-nodes": 2})
+    rounds = ValidatedRounds(build_strategy(settings), settings)
 
     def message(message_id, src, dst, reply_to=""):
         return SimpleNamespace(metadata=SimpleNamespace(message_id=message_id, src_node_id=src, dst_node_id=dst,
                                                         reply_to_message_id=reply_to))
 
-    strategy.instructions = [message("to-a", 1, 11), message("to-b", 1, 22)]
-    strategy.round_log = {"sampled": [11, 22], "nodes": {}, "rejected": []}
+    instructions = [message("to-a", 1, 11), message("to-b", 1, 22)]
     from_a, superlink_for_b = message("r1", 11, 1, "to-a"), message("r2", 1, 1, "to-b")  # node 1 is the SuperLink
-    assert strategy.senders([from_a, superlink_for_b]) == [(11, from_a), (22, superlink_for_b)]
+    replies = senders(instructions, [from_a, superlink_for_b])
+    assert replies == [(11, from_a), (22, superlink_for_b)]
     with pytest.raises(RoundIncomplete, match="1 of the 2 sampled nodes replied.*node\\(s\\) 22 did not"):
-        strategy.aggregate_train(1, [from_a, superlink_for_b])
+        rounds.check_replied(1, [11, 22], replies)

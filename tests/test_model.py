@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from aim_core.adapter import Adapter
-from aim_core.backbones import build_open_clip_visual, build_timm_model
-from aim_core.model import build_model
-from aim_core.trainable import trainable_names
+from aim_core.model.adapter import Adapter
+from aim_core.model.backbones import build_open_clip_visual, build_timm_model
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import trainable_names
 
 TINY = ["tiny_clip", "tiny_timm_vit", "tiny_swin"]
 

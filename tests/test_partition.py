@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from aim_core.annotations import VideoRecord
-from aim_core.partition import partition_indices, summarize
+from aim_core.data.annotations import VideoRecord
+from aim_core.data.partition import partition_indices, summarize
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +53,12 @@ def test_natural_groups_by_site(records):
         assert len({records[i].group for i in p}) == 1
 
 
+@pytest.mark.slow
 def test_partition_cli_writes_lists_summary_and_plot(records, tmp_path):
     listing = tmp_path / "train.txt"
     listing.write_text("".join(f"{r.path} {r.label} {r.group}\n" for r in records))
     out = tmp_path / "split"
-    subprocess.run([sys.executable, "-m", "aim_core.cli", "partition", str(listing), "--clients", "4",
+    subprocess.run([sys.executable, "-m", "aimfl", "partition", str(listing), "--clients", "4",
                     "--scheme", "dirichlet", "--alpha", "0.5", "--seed", "3", "--out", str(out)],
                    check=True, capture_output=True)
     summary = json.loads((out / "summary.json").read_text())

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from aim_core.sampling import (
+from aim_core.data.sampling import (
     dense_test_indices,
     dense_train_indices,
     sample_indices,

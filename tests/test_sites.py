@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
 from helpers import save_tiny_backbone, tiny_overrides
 
-from aim_core.credentials import make_site_key, make_tls_certificates
-from aim_core.deployment import INSECURE_WARNING, Federation
-from aim_core.federated import FederatedSettings, SiteConfigError, client_setup, default_run_config
-from aim_core.model import build_model
+from aim_core.federated.local import SiteConfigError, client_setup
+from aim_core.federated.settings import FederatedSettings, default_run_config
+from aim_core.model.factory import build_model
+from aimfl.credentials import make_site_key, make_tls_certificates
+from aimfl.deployment import INSECURE_WARNING, Federation
 from client.client_app import errors_stay_on_site
 
 
@@ -37,7 +38,8 @@ def test_a_site_reads_its_list_video_root_and_weights_from_the_node_config(site)
     cfg, data = client_setup(node_config, settings)
     assert cfg.model.backbone.checkpoint == node_config["backbone-weights"] and cfg.model.backbone.pretrained is None
     assert data.root == node_config["video-root"] and data.source == node_config["list-file"]
-    assert data.stream == zlib.crc32(Path(node_config["list-file"]).read_bytes()) and len(data.train) + len(data.val) == 30 and len(data.val) == 6
+    assert data.stream == zlib.crc32(Path(node_config["list-file"]).read_bytes())
+    assert len(data.train) + len(data.val) == 30 and len(data.val) == 6
 
 
 @pytest.mark.parametrize("key", ["list-file", "video-root", "backbone-weights"])
@@ -136,7 +138,7 @@ def test_a_federation_needs_certificates_unless_insecure_is_asked_for_and_then_w
 
 
 def test_flower_programs_are_found_beside_the_interpreter_before_path(tmp_path, monkeypatch):
-    from aim_core.simulation import ProgramNotFoundError, find_program, interpreter_bin, program_env
+    from aimfl.processes import ProgramNotFoundError, find_program, interpreter_bin, program_env
 
     for name in ("flwr", "only-on-path"):  # a decoy flwr, and a program only PATH has
         (tmp_path / name).write_text("#!/bin/sh\n")

@@ -6,7 +6,7 @@ import os
 import decord
 import numpy as np
 
-from aim_core.synthetic import CLASS_NAMES, make_synthetic, order_pairs, render_frames, sample_spec
+from aim_core.data.synthetic import CLASS_NAMES, make_synthetic, order_pairs, render_frames, sample_spec
 
 
 def digest(folder):

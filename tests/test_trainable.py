@@ -7,14 +7,9 @@ import torch
 from safetensors import safe_open
 
 from aim_core.config import to_dict
-from aim_core.model import build_model
-from aim_core.trainable import (
-    TrainableStateError,
-    load_trainable,
-    save_trainable,
-    trainable_names,
-    trainable_state,
-)
+from aim_core.engine.checkpoint import CheckpointError, load_trainable, save_trainable
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import TrainableStateError, trainable_names, trainable_state
 
 
 def test_trainable_state_round_trips_exactly(tiny_cfg, tmp_path):
@@ -71,5 +66,5 @@ def test_a_foreign_file_is_rejected(tmp_path):
 
     path = str(tmp_path / "other.safetensors")
     save_file({"w": torch.zeros(2)}, path)
-    with pytest.raises(TrainableStateError, match="not an aimfl trainable-state file"):
+    with pytest.raises(CheckpointError, match="not an aimfl trainable-state file"):
         load_trainable(torch.nn.Linear(2, 2), path, {"model": {"backbone": {"family": "x", "name": "y"}}})

@@ -12,10 +12,11 @@ import torch
 from helpers import aimfl, tiny_overrides
 from safetensors.torch import load_file
 
-from aim_core.evaluation import average_view_probabilities
-from aim_core.model import build_model
-from aim_core.simulation import find_program
-from aim_core.training import Trainer, build_mixup, build_optimizer, build_scheduler
+from aim_core.engine.checkpoint import load_training_state
+from aim_core.engine.evaluation import average_view_probabilities
+from aim_core.engine.step import Trainer, build_mixup, build_optimizer, build_scheduler
+from aim_core.model.factory import build_model
+from aimfl.processes import find_program
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def trained_run(synthetic_world, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_run_writes_final_json_checkpoints_and_reports(trained_run):
     final = json.loads((trained_run / "final.json").read_text())
     for key in ("val_top1", "val_top5", "trainable_params", "epochs", "wall_seconds", "val_order_top1"):
@@ -40,20 +42,21 @@ def test_a_run_writes_final_json_checkpoints_and_reports(trained_run):
     assert any((trained_run / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_weights(synthetic_world, trained_run, tmp_path):
     out = tmp_path / "run_killed"
-    cmd = [sys.executable, "-m", "aim_core.cli", "train", "synthetic", *tiny_overrides(synthetic_world, out)]
+    cmd = [sys.executable, "-m", "aimfl", "train", "synthetic", *tiny_overrides(synthetic_world, out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=False)["epoch"] >= 1:
+        if last.is_file() and load_training_state(last)["epoch"] >= 1:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.1)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be interrupted"
     assert not (out / "final.json").exists()
-    interrupted_at = torch.load(last, weights_only=False)["epoch"]
+    interrupted_at = load_training_state(last)["epoch"]
     assert 1 <= interrupted_at < 3
 
     resumed = aimfl("train", "synthetic", *tiny_overrides(synthetic_world, out, "resume=auto"))
@@ -66,10 +69,11 @@ def test_kill_and_resume_reaches_the_same_weights(synthetic_world, trained_run, 
     assert [m["epoch"] for m in metrics][-2:] == [2, 3]
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_ranks_match_one_process(synthetic_world, trained_run, tmp_path):
     """2 ranks x batch 4 (DDP, gloo) against 1 process x batch 8: the same total batch of the same clips."""
     out = tmp_path / "run_ddp"
-    cmd = [find_program("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aim_core.cli", "train", "synthetic",
+    cmd = [find_program("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aimfl", "train", "synthetic",
            *tiny_overrides(synthetic_world, out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     final = json.loads((out / "final.json").read_text())
@@ -79,6 +83,7 @@ def test_ddp_two_gloo_ranks_match_one_process(synthetic_world, trained_run, tmp_
         torch.testing.assert_close(result[key], reference[key], rtol=1e-4, atol=2e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_per_class_csv_and_confusion_png(synthetic_world, trained_run, tmp_path):
     out = tmp_path / "eval"
     result = aimfl("eval", "synthetic", *tiny_overrides(synthetic_world, trained_run),
@@ -91,6 +96,7 @@ def test_eval_cli_writes_per_class_csv_and_confusion_png(synthetic_world, traine
     assert (out / "confusion_matrix.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_predict_prints_top5_class_names(synthetic_world, trained_run):
     video = synthetic_world / open(synthetic_world / "val.txt").readline().split()[0]
     result = aimfl("predict", str(video), "--checkpoint", str(trained_run / "final.safetensors"))
@@ -102,6 +108,7 @@ def test_predict_prints_top5_class_names(synthetic_world, trained_run):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
 
 
+@pytest.mark.slow
 def test_missing_pretrained_checkpoint_fails_before_training(synthetic_world, tmp_path):
     out = tmp_path / "never"
     result = aimfl("train", "synthetic", f"data.root={synthetic_world}", "model.backbone.checkpoint=/nowhere/vit.pth",
@@ -166,8 +173,8 @@ def test_mixup_and_cutmix_mix_whole_clips(tiny_cfg):
 
 def test_training_loader_workers_see_each_new_epoch(tiny_cfg, synthetic_world):
     """Augmentation is seeded by (seed, epoch, index); worker processes must get every new epoch."""
-    from aim_core.train import make_loader
-    from aim_core.video_data import build_dataset
+    from aim_core.data.video import build_dataset
+    from aim_core.engine.loaders import make_loader
 
     cfg = tiny_cfg("synthetic", *tiny_overrides(synthetic_world, "unused"))
     dataset = build_dataset(cfg, "train")
@@ -182,7 +189,7 @@ def test_training_loader_workers_see_each_new_epoch(tiny_cfg, synthetic_world):
 
 
 def test_pretrain_image_saves_timm_weights_the_synthetic_config_loads(tiny_cfg, tmp_path):
-    from aim_core.image_pretrain import pretrain_image_model
+    from aimfl.pretrain_image import pretrain_image_model
 
     out = tmp_path / "vit.pth"
     steps = ["image_pretrain.steps=60", "image_pretrain.warmup_steps=10", "image_pretrain.train_frames=500",
@@ -195,4 +202,5 @@ def test_pretrain_image_saves_timm_weights_the_synthetic_config_loads(tiny_cfg, 
     model = build_model(tiny_cfg("synthetic", f"model.backbone.checkpoint={out}").model)
     ours = dict(model.named_parameters())
     torch.testing.assert_close(ours["blocks.3.attn.qkv.weight"], saved["blocks.3.attn.qkv.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(ours["stem.vit.patch_embed.proj.weight"], saved["patch_embed.proj.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(ours["stem.vit.patch_embed.proj.weight"], saved["patch_embed.proj.weight"], rtol=0,
+                               atol=0)

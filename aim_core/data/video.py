@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from aim_core.annotations import VideoRecord, read_annotations
-from aim_core.sampling import sample_indices
-from aim_core.transforms import TestTransform, as_video, train_transform
+from aim_core.data.annotations import VideoRecord, read_annotations
+from aim_core.data.sampling import sample_indices
+from aim_core.data.transforms import TestTransform, as_video, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, record: VideoRecord, rng: np.random.Generator) -> torch.Tensor:
+    def load(self, record: VideoRecord, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """One video as the dataset serves it: a training clip (T, C, H, W), drawn with `rng`, or every test view
+        (views, T, C, H, W). Raises `VideoReadError` for a file that cannot be read."""
         path = os.path.join(self.root, record.path)
         reader = self.reader.open(path)
         num_frames = len(reader)
@@ -124,7 +126,7 @@ class VideoDataset(Dataset):
         for _ in range(self.cfg.max_read_attempts):
             record = self.records[index]
             try:
-                video = self._load(record, rng)
+                video = self.load(record, rng)
             except VideoReadError as err:
                 self._report(err, record.path)
                 skipped += 1
@@ -154,7 +156,14 @@ def class_stratified_fraction(records: list[VideoRecord], fraction: float, seed:
     return [records[i] for i in sorted(keep)]
 
 
-def build_dataset(cfg, split: str, seed: int = 0) -> VideoDataset:
+def video_dataset(cfg, records: list[VideoRecord], root: str, train: bool) -> VideoDataset:
+    """The training or test dataset of `records` (paths relative to `root`) as the full config `cfg` decodes,
+    samples and transforms them."""
+    return VideoDataset(records, root, cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std, train=train,
+                        seed=cfg.seed)
+
+
+def build_dataset(cfg, split: str) -> VideoDataset:
     """The train or val dataset of a full config.
 
     `data.fraction` keeps that fraction of each class of the train list (Fig. 3).
@@ -165,9 +174,8 @@ def build_dataset(cfg, split: str, seed: int = 0) -> VideoDataset:
         raise ValueError(f"data.{split}_list is not set")
     records = read_annotations(list_path, data.list_format, data.class_names)
     if split == "train":
-        records = class_stratified_fraction(records, data.fraction, seed)
+        records = class_stratified_fraction(records, data.fraction, cfg.seed)
     labels = [r.label for r in records]
     if max(labels) >= data.num_classes:
         raise ValueError(f"labels go up to {max(labels)} but data.num_classes={data.num_classes}")
-    return VideoDataset(records, data.root, data, cfg.model.backbone.mean, cfg.model.backbone.std,
-                        train=split == "train", seed=seed)
+    return video_dataset(cfg, records, data.root, train=split == "train")

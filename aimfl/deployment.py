@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Self
 
-from aim_core.simulation import find_program, free_port, program_env, stream_command, toml_pairs, toml_value
+from aimfl.processes import find_program, free_port, program_env, stream_command, toml_pairs, toml_value
 
 INSECURE_WARNING = ("INSECURE MODE: TLS is off and SuperNodes are not authenticated. Model updates and metrics "
                     "cross the network unencrypted, anyone on the path can read or alter them, and any process can "

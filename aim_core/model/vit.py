@@ -14,84 +14,15 @@ is exactly the frozen image model applied frame by frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from einops import rearrange
 from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aim_core.adapter import Adapter
-from aim_core.backbones import ViTBlockParts, build_vit_parts
-
-
-@dataclass(frozen=True)
-class Adaptations:
-    """Which of the paper's adaptations are on (Table 1) and whether the backbone trains too."""
-
-    spatial: bool
-    temporal: bool
-    joint: bool
-    full_finetune: bool = False
-
-
-VARIANTS = {
-    "space_only": Adaptations(spatial=False, temporal=False, joint=False),  # frozen features + linear probe
-    "spatial": Adaptations(spatial=True, temporal=False, joint=False),
-    "temporal": Adaptations(spatial=True, temporal=True, joint=False),
-    "aim": Adaptations(spatial=True, temporal=True, joint=True),
-    "full_finetune": Adaptations(spatial=True, temporal=True, joint=True, full_finetune=True),
-}
-
-
-def adaptations_for(variant: str) -> Adaptations:
-    if variant not in VARIANTS:
-        raise ValueError(f"model.variant={variant!r}; choose one of {', '.join(VARIANTS)}")
-    return VARIANTS[variant]
-
-
-def adapted_layers(depth: int, positions: str, count: int | None) -> list[bool]:
-    """Which blocks get adapters (paper Table 7): all, the bottom or top `count`, or every other."""
-    if positions == "all":
-        return [True] * depth
-    if positions == "alternate":
-        return [i % 2 == 0 for i in range(depth)]
-    if positions in ("bottom", "top"):
-        if count is None or not 0 < count <= depth:
-            raise ValueError(f"model.adapter_layer_count must be in 1..{depth} for adapter_positions={positions}")
-        bottom = [i < count for i in range(depth)]
-        return bottom if positions == "bottom" else bottom[::-1]
-    raise ValueError(f"model.adapter_positions={positions!r}; choose all, bottom, top or alternate")
-
-
-class TemporalEmbedding(nn.Module):
-    """A learned (frames x width) embedding added to every token of each frame; zero at init."""
-
-    def __init__(self, num_frames: int, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(num_frames, dim))
-
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        if num_frames != self.weight.shape[0]:
-            raise ValueError(f"clip has {num_frames} frames; the temporal embedding was built for {self.weight.shape[0]}")
-        x = x.view(-1, num_frames, *x.shape[1:]) + self.weight.to(x.dtype)[None, :, None, :]
-        return x.flatten(0, 1)
-
-
-class ClassifierHead(nn.Module):
-    """Average the per-frame features over time, dropout, then a linear classifier."""
-
-    def __init__(self, dim: int, num_classes: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(dim, num_classes)
-        nn.init.normal_(self.fc.weight, std=0.01)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features: (B, T, D) -> logits (B, classes)."""
-        return self.fc(self.dropout(features.mean(dim=1)))
+from aim_core.model.adapter import Adapter
+from aim_core.model.backbones import ViTBlockParts, build_vit_parts
+from aim_core.model.layers import Adaptations, ClassifierHead, TemporalEmbedding, adaptations_for, adapted_layers
 
 
 class AIMBlock(nn.Module):
@@ -191,15 +122,6 @@ class AIMVisionTransformer(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.frame_features(video))
 
-
-def build_model(cfg) -> nn.Module:
-    """Builds the video model described by the `model` config section, frozen as AIM prescribes."""
-    from aim_core.swin import AIMSwinTransformer
-    from aim_core.trainable import freeze_for_training
-
-    if cfg.backbone.family == "timm_swin":
-        model = AIMSwinTransformer(cfg)
-    else:
-        model = AIMVisionTransformer(cfg)
-    freeze_for_training(model)
-    return model
+    def adapter_params(self) -> list[str]:
+        """The final norm is trained with the head (the official `ln_post`)."""
+        return [f"norm.{name}" for name, _ in self.norm.named_parameters()]

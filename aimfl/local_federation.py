@@ -21,7 +21,12 @@ import shutil
 import time
 
 from aim_core.config import load_config
-from aim_core.demo import federated_progress, federated_run_config, prepare_backbone, prepare_world, step
+from aim_core.data.annotations import read_annotations
+from aim_core.data.partition import write_partitions
+from aim_core.federated.settings import APP_ROOT
+from aimfl.credentials import make_site_key, make_tls_certificates
+from aimfl.deployment import Federation
+from aimfl.staging import federated_progress, federated_run_config, prepare_backbone, prepare_world, step
 
 
 def credentials(pki: str, site_folders: dict[str, str], insecure: bool) -> dict:
@@ -29,8 +34,6 @@ def credentials(pki: str, site_folders: dict[str, str], insecure: bool) -> dict:
 
     Insecure mode has neither: Flower authenticates SuperNodes only over TLS.
     """
-    from aim_core.credentials import make_site_key, make_tls_certificates
-
     if insecure:
         return {"tls": None, "keys": dict.fromkeys(site_folders)}
     files = {"ca": "ca.crt", "cert": "server.pem", "key": "server.key"}
@@ -48,11 +51,6 @@ def credentials(pki: str, site_folders: dict[str, str], insecure: bool) -> dict:
 
 def run_local_federation(out: str, data_root: str, config: str = "demo", overrides: tuple[str, ...] = (),
                          insecure: bool = False) -> dict:
-    from aim_core.annotations import read_annotations
-    from aim_core.deployment import Federation
-    from aim_core.federated import APP_ROOT
-    from aim_core.partition import write_partitions
-
     started = time.time()
     out, data_root = os.path.abspath(out), os.path.abspath(data_root)
     cfg = load_config(config, [f"data.root={data_root}", *overrides])
@@ -124,7 +122,8 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
     with open(os.path.join(out, "local_federation.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"    {result['rounds']} round(s), central top-1 {final['central']['top1']:.1%}, "
-          f"{result['bytes_per_update']:,} bytes per update ({result['bytes_per_update'] / result['full_model_bytes']:.1%}"
-          f" of the model)\n    final adapters: {result['final_adapters']}\n    logs: {os.path.join(workdir, 'logs')}"
+          f"{result['bytes_per_update']:,} bytes per update "
+          f"({result['bytes_per_update'] / result['full_model_bytes']:.1%} of the model)\n"
+          f"    final adapters: {result['final_adapters']}\n    logs: {os.path.join(workdir, 'logs')}"
           f"\n    all {result['processes_stopped']} processes stopped; {result['wall_seconds']:.0f} s in all")
     return result

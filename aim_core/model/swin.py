@@ -17,10 +17,10 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aim_core.adapter import Adapter
-from aim_core.attention import self_attention
-from aim_core.backbones import build_timm_model
-from aim_core.model import Adaptations, ClassifierHead, adaptations_for, adapted_layers
+from aim_core.model.adapter import Adapter
+from aim_core.model.attention import self_attention
+from aim_core.model.backbones import build_timm_model
+from aim_core.model.layers import Adaptations, ClassifierHead, adaptations_for, adapted_layers
 
 
 class TemporalRelativeBias(nn.Module):
@@ -35,6 +35,9 @@ class TemporalRelativeBias(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.table[self.index].permute(2, 0, 1)  # (heads, T, T)
+
+    def adapter_params(self) -> list[str]:
+        return ["table"]
 
 
 class AIMSwinBlock(nn.Module):
@@ -57,7 +60,8 @@ class AIMSwinBlock(nn.Module):
         if self.t_adapter is not None:
             xt = rearrange(x, "(b t) h w c -> (b h w) t c", t=steps)
             attn = blk.attn
-            xt = self_attention(blk.norm1(xt), attn.qkv, attn.proj, attn.num_heads, attn.scale, bias=self.temporal_bias())
+            xt = self_attention(blk.norm1(xt), attn.qkv, attn.proj, attn.num_heads, attn.scale,
+                                bias=self.temporal_bias())
             xt = rearrange(self.t_adapter(xt), "(b h w) t c -> (b t) h w c", h=height, w=width)
             x = x + self.drop_path(xt)
 
@@ -106,7 +110,7 @@ class AIMSwinTransformer(nn.Module):
             blocks = []
             for j, block in enumerate(stage.blocks):
                 on = adapt if next(layers) else off
-                # temporal attention in every other block of a stage, the non-shifted ones (official t_attn = i % 2 == 0)
+                # temporal attention in every other block of a stage, the non-shifted ones (official t_attn = i%2 == 0)
                 on = Adaptations(on.spatial, on.temporal and j % 2 == 0, on.joint, on.full_finetune)
                 blocks.append(AIMSwinBlock(block, on, self.steps, cfg.adapter_ratio, cfg.mlp_adapter_scale,
                                            drop_path=cfg.drop_path_rate * index / max(depth - 1, 1)))
@@ -137,3 +141,6 @@ class AIMSwinTransformer(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.frame_features(video))
+
+    def adapter_params(self) -> list[str]:
+        return [f"norm.{name}" for name, _ in self.norm.named_parameters()]

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from aim_core.annotations import VideoRecord, write_path_label_list
+from aim_core.data.annotations import VideoRecord, write_path_label_list
 
 SCHEMES = ("iid", "dirichlet", "pathological", "natural")
 

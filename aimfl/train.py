@@ -1,14 +1,15 @@
 """`aimfl train CONFIG [key=value ...]`: centralized AIM training, one process or DDP under torchrun.
 
     aimfl train synthetic
-    torchrun --nproc-per-node 2 -m aim_core.cli train synthetic       # DDP: NCCL on GPUs, gloo on CPU
+    torchrun --nproc-per-node 2 -m aimfl train synthetic       # DDP: NCCL on GPUs, gloo on CPU
 
 Every epoch: train (DistributedSampler, progress bar on rank 0), evaluate on the val list every
 `eval_every` epochs (softmax averaged over views), log JSONL and TensorBoard, and write
 `checkpoints/last.pt` atomically (trainable state, optimiser, scheduler, scaler, epoch) plus
-`best.safetensors`; every epoch seeds its own RNG (`training.seed_for_epoch`). `resume=auto` continues from `last.pt` and ends
-where an uninterrupted run would. The run ends with `final.safetensors` (the trainable state,
-loadable by `aimfl eval` and `aimfl predict`), `final.json` and the eval report files.
+`best.safetensors`; every epoch seeds its own RNG (`aim_core.engine.step.seed_for_epoch`).
+`resume=auto` continues from `last.pt` and ends where an uninterrupted run would. The run ends with
+`final.safetensors` (the trainable state, loadable by `aimfl eval` and `aimfl predict`), `final.json` and
+the eval report files.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import time
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, DistributedSampler
 
-from aim_core.annotations import class_names_of
 from aim_core.config import to_dict
-from aim_core.evaluation import evaluate, order_pairs_of, report, write_report_files
-from aim_core.model import build_model
-from aim_core.trainable import count_parameters, load_trainable_state, save_trainable, trainable_state
-from aim_core.training import build_trainer, run_epoch, unwrap
-from aim_core.video_data import build_dataset
+from aim_core.data.annotations import class_names_of
+from aim_core.data.video import build_dataset
+from aim_core.engine.checkpoint import CheckpointError, load_training_state, save_trainable, save_training_state
+from aim_core.engine.evaluation import evaluate_and_report, write_report_files
+from aim_core.engine.loaders import evaluation_loader, make_loader
+from aim_core.engine.metrics_log import MetricsLog
+from aim_core.engine.step import build_trainer, run_epoch, unwrap
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import count_parameters, load_trainable_state, trainable_state
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -45,14 +48,6 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def make_loader(dataset, batch_size: int, train: bool, rank: int, world: int, seed: int, workers: int):
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=train)
-    # training workers are not persistent: each epoch's workers must get the dataset's new epoch (its RNG seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=train,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0 and not train)
-    return loader, sampler
-
-
 def trainable_digests(model: torch.nn.Module, world: int) -> list[str]:
     """A hash of the trainable weights on each rank: DDP replicas must agree bit for bit."""
     h = hashlib.sha256()
@@ -65,12 +60,6 @@ def trainable_digests(model: torch.nn.Module, world: int) -> list[str]:
     return digests
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def find_resume_checkpoint(cfg) -> str | None:
     if not cfg.resume:
         return None
@@ -78,7 +67,7 @@ def find_resume_checkpoint(cfg) -> str | None:
         path = os.path.join(cfg.output_dir, "checkpoints", "last.pt")
         return path if os.path.isfile(path) else None
     if not os.path.isfile(cfg.resume):
-        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint")
+        raise CheckpointError(f"resume={cfg.resume}: no such checkpoint")
     return cfg.resume
 
 
@@ -89,28 +78,6 @@ def sum_over_ranks(values: dict, world: int) -> dict:
     tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist()))
-
-
-class MetricsLog:
-    """JSONL lines and TensorBoard scalars, written by rank 0 only."""
-
-    def __init__(self, out_dir: str, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.path = os.path.join(out_dir, "metrics.jsonl")
-            self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
-
-    def log(self, epoch: int, **values) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"epoch": epoch, **values}) + "\n")
-        for key, value in values.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, epoch)
-        self.writer.flush()
 
 
 def run(cfg) -> dict:
@@ -130,25 +97,23 @@ def run(cfg) -> dict:
     if rank == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out, "config.yaml"))
-    train_set = build_dataset(cfg, "train", seed=cfg.seed)
-    val_set = build_dataset(cfg, "val", seed=cfg.seed)
-    workers = cfg.data.num_workers
-    train_loader, _ = make_loader(train_set, per_process, True, rank, world, cfg.seed, workers)
-    val_loader, _ = make_loader(val_set, max(1, per_process // 2), False, rank, world, cfg.seed, workers)
+    train_set = build_dataset(cfg, "train")
+    train_loader, _ = make_loader(train_set, per_process, True, rank, world, cfg.seed, cfg.data.num_workers)
+    val_loader = evaluation_loader(build_dataset(cfg, "val"), cfg, rank, world)
     if len(train_loader) < sched.accumulation_steps:
         raise ValueError(f"{len(train_set)} training videos make fewer batches than one optimiser update")
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = build_trainer(model, cfg, device, updates_per_epoch=len(train_loader) // sched.accumulation_steps)
     config = to_dict(cfg)
     class_names = class_names_of(cfg.data)
-    pairs = order_pairs_of(cfg.data.root)
     metadata = {"class_names": json.dumps(class_names)}
 
     start_epoch, best_top1, last_eval, skipped_train = 0, -1.0, None, 0
     resume_from = find_resume_checkpoint(cfg)
     if resume_from:
-        state = torch.load(resume_from, map_location="cpu", weights_only=False)
+        state = load_training_state(resume_from)
         load_trainable_state(unwrap(model), state["trainable"], source=resume_from)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
@@ -167,25 +132,25 @@ def run(cfg) -> dict:
         totals = sum_over_ranks({"loss": stats["loss"] * stats["clips"], "clips": stats["clips"],
                                  "skipped": stats["skipped"]}, world)
         skipped_train += int(totals["skipped"])
-        values = {"train_loss": totals["loss"] / max(totals["clips"], 1), "lr": trainer.optimizer.param_groups[0]["lr"],
-                  "train_skipped_videos": int(totals["skipped"]), "epoch_seconds": time.time() - epoch_start}
+        values = {"train_loss": totals["loss"] / max(totals["clips"], 1),
+                  "lr": trainer.optimizer.param_groups[0]["lr"], "train_skipped_videos": int(totals["skipped"]),
+                  "epoch_seconds": time.time() - epoch_start}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == sched.epochs:
-            result = evaluate(model, val_loader, device, cfg.data.max_views_per_forward, trainer.precision,
-                              progress=rank == 0)
-            last_eval = {**report(result["probs"], result["labels"], pairs), "skipped": result["skipped"]}
-            values.update(val_top1=last_eval["top1"], val_top5=last_eval["top5"], val_skipped_videos=result["skipped"])
+            last_eval = evaluate_and_report(model, val_loader, cfg, device, progress=rank == 0)
+            values.update(val_top1=last_eval["top1"], val_top5=last_eval["top5"],
+                          val_skipped_videos=last_eval["skipped"])
             if "order_top1" in last_eval:
                 values["val_order_top1"] = last_eval["order_top1"]
             if rank == 0 and last_eval["top1"] > best_top1:
                 best_top1 = last_eval["top1"]
                 save_trainable(unwrap(model), os.path.join(ckpt_dir, "best.safetensors"), config,
                                {**metadata, "epoch": str(epoch + 1), "val_top1": f"{best_top1:.6f}"})
-        metrics.log(epoch + 1, **values)
+        metrics.log("epoch", epoch + 1, **values)
         if rank == 0:
             line = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
             print(f"epoch {epoch + 1}/{sched.epochs}: {line}", flush=True)
         if rank == 0:
-            atomic_torch_save({
+            save_training_state({
                 "trainable": {k: v.cpu().clone() for k, v in trainable_state(unwrap(model)).items()},
                 "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
                 "scaler": trainer.scaler.state_dict(), "updates": trainer.updates, "epoch": epoch + 1,

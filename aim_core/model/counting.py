@@ -15,8 +15,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from aim_core.model import build_model
-from aim_core.trainable import count_parameters
+from aim_core.model.factory import build_model
+from aim_core.model.trainable import count_parameters
 
 
 def shape_only(model_cfg: DictConfig) -> DictConfig:

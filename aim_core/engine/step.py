@@ -1,4 +1,4 @@
-"""The training step and epoch, shared by `aimfl train` (centralized, DDP) and the Flower clients.
+"""The training step and epoch, one for every mode: `aimfl train` (centralized, DDP) and the Flower clients.
 
 - AdamW over the trainable set only, in parameter groups: no weight decay on norms, biases
   and embeddings unless `schedule.decay_norm_bias_embed`, and an lr multiplier for everything
@@ -27,28 +27,12 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from aim_core.trainable import trainable_names
+from aim_core.engine.precision import autocast, resolve_precision
+from aim_core.model.trainable import trainable_names
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"schedule.precision={precision!r}; choose auto, fp32, bf16 or fp16")
-    return precision
-
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def parameter_groups(model: nn.Module, schedule) -> list[dict]:
@@ -116,7 +100,8 @@ class Trainer:
             video = flat.view_as(video)
         with autocast(self.device, self.precision):
             logits = self.model(video)
-        loss = self.soft_loss(logits.float(), targets) if self.mixup is not None else self.hard_loss(logits.float(), labels)
+        logits = logits.float()
+        loss = self.soft_loss(logits, targets) if self.mixup is not None else self.hard_loss(logits, labels)
         if self.proximal_mu:
             loss = loss + self.proximal_mu / 2 * sum((p - a).square().sum() for p, a in zip(self.params, self.anchor))
         return loss
@@ -131,7 +116,7 @@ class Trainer:
         self.updates = updates
         self.scheduler.step_update(updates)
 
-    def step(self, video: torch.Tensor, labels: torch.Tensor, micro_step: int) -> torch.Tensor:
+    def step(self, video: torch.Tensor, labels: torch.Tensor, micro_step: int = 0) -> torch.Tensor:
         """One micro-batch: forward, backward, and an optimiser update every `accumulation_steps`.
 
         Returns the detached loss, left on the device: reading it would wait for the GPU every step."""

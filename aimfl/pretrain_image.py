@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 
-from aim_core.backbones import build_timm_model
-from aim_core.synthetic import (
+from aim_core.data.synthetic import (
     CLASSES,
     COLOURS,
     MOTION_SHAPES,
@@ -34,6 +33,8 @@ from aim_core.synthetic import (
     render_frame,
     sample_spec,
 )
+from aim_core.engine.checkpoint import atomic_write
+from aim_core.model.backbones import build_timm_model
 
 SHAPES = list(MOTION_SHAPES) + [name for name, _ in CLASSES[6:]]
 # attribute -> number of classes; position, size and opacity are binned
@@ -142,10 +143,7 @@ def pretrain_image_model(cfg, out: str, progress: bool = True) -> dict:
         "loss_history": history,
     }
     model.reset_classifier(0)  # the attribute head is not part of the backbone
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
         json.dump(card, f, indent=2)
     return card

@@ -1,4 +1,4 @@
-"""The `aimfl` command line: thin wrappers over aim_core."""
+"""The `aimfl` command line: a thin layer over the `aimfl` API and its recipes."""
 
 from __future__ import annotations
 
@@ -7,21 +7,23 @@ import json
 import os
 import sys
 
-from aim_core.annotations import AnnotationError
-from aim_core.backbones import PretrainedWeightsError
-from aim_core.config import ConfigError, load_config
-from aim_core.partition import SCHEMES
-from aim_core.trainable import TrainableStateError
+from aim_core.config import ConfigError, config_from_dict, load_config
+from aim_core.data.annotations import AnnotationError
+from aim_core.data.partition import SCHEMES
+from aim_core.data.video import VideoReadError
+from aim_core.engine.checkpoint import CheckpointError, read_trainable
+from aim_core.model.backbones import PretrainedWeightsError
+from aim_core.model.trainable import TrainableStateError
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from aim_core.counting import model_info
+    from aim_core.model.counting import model_info
 
     print(json.dumps(model_info(load_config(args.config, args.overrides)), indent=2))
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> None:
-    from aim_core.synthetic import make_synthetic
+    from aim_core.data.synthetic import make_synthetic
 
     summary = make_synthetic(args.out, seed=args.seed, train_per_class=args.train_per_class,
                              val_per_class=args.val_per_class, size=args.size, frames=args.frames, sites=args.sites)
@@ -29,8 +31,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> None:
 
 
 def cmd_partition(args: argparse.Namespace) -> None:
-    from aim_core.annotations import read_annotations, read_class_names
-    from aim_core.partition import write_partitions
+    from aim_core.data.annotations import read_annotations, read_class_names
+    from aim_core.data.partition import write_partitions
 
     records = read_annotations(args.list, args.format, args.class_names)
     names = read_class_names(args.class_names) if args.class_names else None
@@ -43,86 +45,55 @@ def cmd_partition(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from aim_core.train import run
+    import aimfl
 
-    final = run(load_config(args.config, args.overrides))
+    final = aimfl.train(load_config(args.config, args.overrides))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(final, indent=2))
 
 
-def load_checkpoint_config(checkpoint: str, config: str | None, overrides: list[str]):
-    """The experiment config: the one named, or the one stored in the checkpoint's metadata."""
-    from omegaconf import OmegaConf
+def model_with_adapters(cfg, checkpoint: str):
+    """The model of `cfg` holding the trainable state of `checkpoint`, and the file's metadata."""
+    import aimfl
 
-    from aim_core.trainable import read_trainable
-
-    if config:
-        return load_config(config, overrides)
-    _, metadata = read_trainable(checkpoint)
-    cfg = OmegaConf.create(json.loads(metadata["config"]))
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides)) if overrides else cfg
-
-
-def build_for_inference(cfg, checkpoint: str):
-    import torch
-
-    from aim_core.config import to_dict
-    from aim_core.model import build_model
-    from aim_core.trainable import load_trainable
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model)
-    metadata = load_trainable(model, checkpoint, to_dict(cfg))
-    return model.to(device).eval(), device, metadata
+    model = aimfl.build_model(cfg)
+    return model, aimfl.load_adapters(model, checkpoint, cfg)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from torch.utils.data import DataLoader
-
-    from aim_core.annotations import class_names_of
-    from aim_core.evaluation import evaluate, order_pairs_of, report, write_report_files
-    from aim_core.training import resolve_precision
-    from aim_core.video_data import build_dataset
+    import aimfl
+    from aim_core.data.annotations import class_names_of
+    from aim_core.engine.evaluation import write_report_files
 
     cfg = load_config(args.config, args.overrides)
-    model, device, _ = build_for_inference(cfg, args.checkpoint)
-    loader = DataLoader(build_dataset(cfg, "val"), batch_size=args.batch_size, num_workers=cfg.data.num_workers)
-    result = evaluate(model, loader, device, cfg.data.max_views_per_forward,
-                      resolve_precision(cfg.schedule.precision, device), progress=True)
-    summary = {**report(result["probs"], result["labels"], order_pairs_of(cfg.data.root)),
-               "skipped_videos": result["skipped"], "checkpoint": os.path.abspath(args.checkpoint)}
-    names = class_names_of(cfg.data)
+    model, _ = model_with_adapters(cfg, args.checkpoint)
+    result = aimfl.evaluate(model, cfg, progress=True)
+    summary = {**result, "skipped_videos": result.pop("skipped"), "checkpoint": os.path.abspath(args.checkpoint)}
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
-    write_report_files(summary, names, out)
+    write_report_files(summary, class_names_of(cfg.data), out)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion", "per_class_accuracy")}, indent=2))
     print(f"per-class accuracy and confusion matrix in {out}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from aim_core.annotations import VideoRecord, class_names_of
-    from aim_core.evaluation import average_view_probabilities
-    from aim_core.training import resolve_precision
-    from aim_core.video_data import VideoDataset
+    import aimfl
+    from aim_core.data.annotations import class_names_of
 
-    cfg = load_checkpoint_config(args.checkpoint, args.config, args.overrides)
-    model, device, metadata = build_for_inference(cfg, args.checkpoint)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:  # the config the checkpoint was trained with
+        cfg = config_from_dict(json.loads(read_trainable(args.checkpoint)[1]["config"]), args.overrides,
+                               f"the config stored in {args.checkpoint}")
+    model, metadata = model_with_adapters(cfg, args.checkpoint)
     names = json.loads(metadata["class_names"]) if "class_names" in metadata else class_names_of(cfg.data)
-    video = os.path.abspath(args.video)
-    dataset = VideoDataset([VideoRecord(video, 0)], "", cfg.data, cfg.model.backbone.mean, cfg.model.backbone.std,
-                           train=False)
-    try:
-        item = dataset[0]
-    except RuntimeError as err:  # the only video could not be read
-        raise SystemExit(f"aimfl: cannot read {video}") from err
-    probs = average_view_probabilities(model, item["video"][None].to(device), cfg.data.max_views_per_forward,
-                                       resolve_precision(cfg.schedule.precision, device))[0]
+    probs = aimfl.predict(model, cfg, args.video)
     top = probs.topk(min(args.top, len(names)))
     for p, k in zip(top.values.tolist(), top.indices.tolist()):
         print(f"{p:.4f}  {names[k]}")
 
 
 def cmd_pretrain_image(args: argparse.Namespace) -> None:
-    from aim_core.image_pretrain import pretrain_image_model
+    from aimfl.pretrain_image import pretrain_image_model
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or os.path.expanduser(cfg.model.backbone.checkpoint)
@@ -135,19 +106,19 @@ def cmd_pretrain_image(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from aim_core.demo import run_demo
+    from aimfl.demo import run_demo
 
     run_demo(args.out, args.data, args.config, tuple(args.overrides))
 
 
 def cmd_local_federation(args: argparse.Namespace) -> None:
-    from aim_core.local_federation import run_local_federation
+    from aimfl.local_federation import run_local_federation
 
     run_local_federation(args.out, args.data, args.config, tuple(args.overrides), insecure=args.insecure)
 
 
 def cmd_make_certs(args: argparse.Namespace) -> None:
-    from aim_core.credentials import make_tls_certificates
+    from aimfl.credentials import make_tls_certificates
 
     paths = make_tls_certificates(args.out, args.host, args.days)
     print(json.dumps({"written": paths, "hosts": args.host, "give_to_sites": paths["ca.crt"],
@@ -155,11 +126,12 @@ def cmd_make_certs(args: argparse.Namespace) -> None:
 
 
 def cmd_make_site_key(args: argparse.Namespace) -> None:
-    from aim_core.credentials import make_site_key
+    from aimfl.credentials import make_site_key
 
     private, public = make_site_key(args.path)
     print(json.dumps({"private_key": private, "public_key": public,
-                      "next": f"give {public} to the operator (flwr supernode register); {private} stays here"}, indent=2))
+                      "next": f"give {public} to the operator (flwr supernode register); {private} stays here"},
+                     indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("config")
     ev.add_argument("overrides", nargs="*")
     ev.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
-    ev.add_argument("--batch-size", type=int, default=4, help="videos per batch (each with all its views)")
     ev.add_argument("--out", help="report folder (default: eval/ beside the checkpoint)")
     ev.set_defaults(run=cmd_eval)
 
@@ -252,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--out", required=True, help="output folder")
     part.set_defaults(run=cmd_partition)
 
-    args = parser.parse_args(argv)
+    # key=value overrides may also follow the options (`aimfl eval CONFIG --checkpoint F key=value`), which
+    # argparse leaves over when a subcommand's positionals end before its options
+    args, rest = parser.parse_known_args(argv)
+    if rest and (not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in rest)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     try:
         args.run(args)
     except ConfigError as err:
@@ -261,11 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except AnnotationError as err:
         print(f"aimfl: annotation error: {err}", file=sys.stderr)
         return 2
-    except (PretrainedWeightsError, TrainableStateError, FileExistsError) as err:
+    except (PretrainedWeightsError, TrainableStateError, CheckpointError, VideoReadError, FileExistsError) as err:
         print(f"aimfl: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

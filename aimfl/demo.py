@@ -19,64 +19,14 @@ import time
 from omegaconf import OmegaConf
 
 from aim_core.config import load_config, to_dict
-
-
-def step(number: int, text: str) -> None:
-    print(f"\n[{number}/6] {text}", flush=True)
-
-
-def federated_progress(line: str) -> None:
-    """Echoes the lines of a `flwr run` log a person wants to follow; the whole log is kept on disk."""
-    if any(mark in line for mark in ("[ROUND", "round ", "rejected", "ERROR", "Error", "Traceback", "done:")):
-        print("    " + line.split(":      ", 1)[-1], end="", flush=True)
-
-
-def prepare_world(data_root: str, sites: int | None = None) -> None:
-    """The synthetic world at `data_root`, made unless it exists (with `sites` sites, when given)."""
-    from aim_core.synthetic import make_synthetic
-
-    card_path = os.path.join(data_root, "synthetic.json")
-    if not os.path.isfile(card_path):
-        make_synthetic(data_root, **({"sites": sites} if sites else {}))
-        return
-    with open(card_path) as f:
-        made_with = json.load(f)["sites"]
-    if sites and made_with != sites:
-        raise ValueError(f"{data_root} holds a synthetic world of {made_with} sites, not {sites}; "
-                         f"give another folder (it is made if missing)")
-    print("    exists, reused")
-
-
-def prepare_backbone(cfg) -> None:
-    """The embedded pre-trained image model at `cfg.model.backbone.checkpoint`, pre-trained unless cached."""
-    from aim_core.image_pretrain import pretrain_image_model
-
-    checkpoint = os.path.expanduser(cfg.model.backbone.checkpoint)
-    if os.path.isfile(checkpoint):
-        print("    cached, reused")
-        return
-    card = pretrain_image_model(cfg, checkpoint)
-    print(f"    pre-trained in {card['train_seconds']:.0f} s, val loss {card['val_loss']:.3f}")
-
-
-def federated_run_config(cfg, config: str, overrides: tuple[str, ...], **keys) -> dict:
-    """The Flower run config that trains `cfg` federated (the aimfl config named `config`, its data root and
-    backbone weights fixed, plus `overrides`) with its lr, batch size and seed; `keys` sets the rest."""
-    return {
-        "config": os.path.abspath(config) if os.path.isfile(config) else config,
-        "overrides": " ".join([f"data.root={cfg.data.root}", f"model.backbone.checkpoint={cfg.model.backbone.checkpoint}",
-                               *overrides]),
-        "lr": cfg.schedule.lr, "batch-size": cfg.schedule.batch_size, "seed": cfg.seed,
-        "client-eval-every": 0, "local-val-fraction": 0.0, **keys,
-    }
+from aim_core.data.annotations import read_annotations
+from aim_core.data.partition import write_partitions
+from aimfl.simulation import run_simulation
+from aimfl.staging import federated_progress, federated_run_config, prepare_backbone, prepare_world, step
+from aimfl.train import run as train
 
 
 def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[str, ...] = ()) -> dict:
-    from aim_core.annotations import read_annotations
-    from aim_core.partition import write_partitions
-    from aim_core.simulation import run_simulation
-    from aim_core.train import run as train
-
     started = time.time()
     out, data_root = os.path.abspath(out), os.path.abspath(data_root)
     os.makedirs(out, exist_ok=True)
@@ -154,7 +104,8 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
         if os.path.isfile(source):
             shutil.copy(source, os.path.join(out, f"federated_{name}.png"))
     print("\n" + table(results))
-    print(f"\nreport in {out}: results.json, comparison.png, federated_*.png; total {results['wall_seconds']['total']:.0f} s")
+    print(f"\nreport in {out}: results.json, comparison.png, federated_*.png; "
+          f"total {results['wall_seconds']['total']:.0f} s")
     return results
 
 
@@ -168,7 +119,8 @@ def table(results: dict) -> str:
          f"{results['space_only_trainable_params']:,} / {results['space_only_total_params']:,}"),
         (f"federated AIM ({results['clients']} clients, {results['rounds']} rounds)", results["federated_top1"],
          results["federated_order_top1"], f"{trainable:,} / {total:,}"),
-        ("centralized AIM", results["centralized_top1"], results["centralized_order_top1"], f"{trainable:,} / {total:,}"),
+        ("centralized AIM", results["centralized_top1"], results["centralized_order_top1"],
+         f"{trainable:,} / {total:,}"),
     ]
     lines = ["| run | top-1 | order-only pairs top-1 | trainable / total params |", "|---|---|---|---|"]
     lines += [f"| {name} | {pct(top1)} | {pct(order)} | {params} |" for name, top1, order, params in rows]

@@ -34,5 +34,8 @@ class Adapter(nn.Module):
         out = self.fc2(self.act(self.fc1(x)))
         return x + out if self.skip_connect else out
 
+    def adapter_params(self) -> list[str]:
+        return [name for name, _ in self.named_parameters()]
+
     def extra_repr(self) -> str:
         return f"skip_connect={self.skip_connect}"

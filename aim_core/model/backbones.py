@@ -9,7 +9,7 @@ modules and Parameters, moved, never copied:
 - `ViTParts`: stem (patches + prefix tokens + position embedding), pre-norm, one
   `ViTBlockParts` (norm1, fused frozen attention, layer scales, norm2, MLP) per block,
   and the final norm.
-- Swin keeps timm's own stages; `aim_core.swin` wraps its blocks.
+- Swin keeps timm's own stages; `aim_core.model.swin` wraps its blocks.
 
 Weights policy: `pretrained` (a hub tag) or `checkpoint` (a local file) asks for
 pre-trained weights, and failing to get them is an error, never a silent fallback
@@ -29,7 +29,7 @@ import torch.utils.serialization.config
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from aim_core.attention import FrozenAttention, linear_sharing
+from aim_core.model.attention import FrozenAttention, linear_sharing
 
 
 class PretrainedWeightsError(RuntimeError):

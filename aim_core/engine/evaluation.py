@@ -4,7 +4,8 @@
 probabilities, and gathers the results of all DDP ranks by dataset index (so the padding
 of DistributedSampler is not counted twice). `report` turns them into top-1/top-5,
 per-class accuracy, the confusion matrix and, for the synthetic world, the accuracy on
-the order-only class pairs.
+the order-only class pairs. `evaluate_and_report` is the two together, and `evaluate_records` all of
+it for a list of videos, as every command runs them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from aim_core.training import autocast
+from aim_core.data.annotations import VideoRecord
+from aim_core.data.video import video_dataset
+from aim_core.engine.loaders import evaluation_loader
+from aim_core.engine.precision import autocast, resolve_precision
 
 
 @torch.no_grad()
@@ -87,6 +91,25 @@ def report(probs: np.ndarray, labels: np.ndarray, order_pairs: list[list[int]] |
         result["order_top1"] = float(top1[in_pairs].mean()) if in_pairs.any() else None
         result["appearance_top1"] = float(top1[~in_pairs].mean()) if (~in_pairs).any() else None
     return result
+
+
+def evaluate_and_report(model: torch.nn.Module, loader, cfg, device: torch.device, progress: bool = False) -> dict:
+    """`report` of a loader of test items, plus the cross-entropy of the view-averaged probabilities (`loss`) and
+    the unreadable videos skipped (`skipped`); the order-only pairs are scored when the data root is a
+    synthetic world."""
+    result = evaluate(model, loader, device, cfg.data.max_views_per_forward,
+                      resolve_precision(cfg.schedule.precision, device), progress=progress)
+    picked = result["probs"][np.arange(len(result["labels"])), result["labels"]]
+    loss = float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    return {**report(result["probs"], result["labels"], order_pairs_of(loader.dataset.root)), "loss": loss,
+            "skipped": result["skipped"]}
+
+
+def evaluate_records(model: torch.nn.Module, cfg, records: list[VideoRecord], root: str, device: torch.device,
+                     progress: bool = False) -> dict:
+    """`evaluate_and_report` on `records` (paths relative to `root`), decoded and viewed as `cfg` tests."""
+    loader = evaluation_loader(video_dataset(cfg, records, root, train=False), cfg)
+    return evaluate_and_report(model, loader, cfg, device, progress)
 
 
 def order_pairs_of(data_root: str) -> list[list[int]] | None:

@@ -1,0 +1,139 @@
+"""A client's side of federated AIM: where its videos are, and its round of local training.
+
+- `client_setup`: a deployed site's node config (its list, video root and backbone weights) or a
+  simulated partition.
+- `train_round` runs the same `Trainer` epochs as `aimfl train`, at the same place in the same
+  schedule: with one client and one round, federated training *is* centralized training.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aim_core.data.annotations import VideoRecord, read_annotations
+from aim_core.data.video import video_dataset
+from aim_core.engine.loaders import make_loader
+from aim_core.engine.step import build_trainer, run_epoch
+from aim_core.federated.settings import FederatedSettings, experiment_config
+
+
+@dataclass
+class ClientData:
+    """One client's videos: `train` for local training, `val` (held out from it) for local evaluation."""
+
+    train: list[VideoRecord]
+    val: list[VideoRecord]
+    root: str  # the folder the list's paths are relative to
+    stream: int  # the client's index for seeding its epochs: its partition id, or a checksum of its list
+    source: str  # the list file, for messages
+
+
+def hold_out(records: list[VideoRecord], fraction: float, seed: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """A seeded (train, val) split of a client's list; at least one video each side when fraction > 0."""
+    if not fraction:
+        return records, []
+    order = np.random.default_rng([seed, len(records)]).permutation(len(records))
+    count = min(max(1, round(fraction * len(records))), len(records) - 1)
+    val = set(order[:count].tolist())
+    return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
+
+
+class SiteConfigError(LookupError):
+    """A deployed site's node config lacks a key or names a path the site does not have.
+
+    `public` says the same without the site's paths: what the server may be told.
+    """
+
+    def __init__(self, message: str, public: str):
+        super().__init__(message)
+        self.public = public
+
+
+# What a deployed SuperNode is told about its site (`flower-supernode --node-config '...'`).
+SITE_KEYS = {
+    "list-file": "the site's video list (`path label` lines)",
+    "video-root": "the folder the list's paths are relative to",
+    "backbone-weights": "the frozen backbone's weights, pre-staged on the site",
+}
+SITE_EXAMPLE = ("--node-config 'list-file=\"/data/site0/train.txt\" video-root=\"/data/site0/videos\" "
+                "backbone-weights=\"/weights/backbone.pth\"'")
+
+
+def site_paths(node_config: dict) -> dict[str, str]:
+    """The site keys of a deployed SuperNode's node config, checked: each present and naming an existing path."""
+    missing = [key for key in SITE_KEYS if key not in node_config]
+    if missing:
+        given = ", ".join(sorted(node_config)) or "nothing"
+        message = f"the SuperNode's node config lacks {', '.join(missing)} (it has {given})"
+        raise SiteConfigError(f"{message}; start it with {SITE_EXAMPLE}", message)
+    paths = {}
+    for key, meaning in SITE_KEYS.items():
+        path = os.path.expanduser(str(node_config[key]))
+        exists = os.path.isdir(path) if key == "video-root" else os.path.isfile(path)
+        if not exists:
+            kind = "folder" if key == "video-root" else "file"
+            public = f"node config {key}: no such {kind} on this site ({meaning})"
+            raise SiteConfigError(public.replace(f"{key}:", f"{key}={node_config[key]!r}:", 1), public)
+        paths[key] = os.path.abspath(path)
+    return paths
+
+
+def client_setup(node_config: dict, settings: FederatedSettings):
+    """The experiment config and the videos of this client: a deployed site or a simulated partition.
+
+    Deployment (`list-file` in the node config): the site's own list, video root and backbone
+    weights, so nothing but code comes with the app. Its epochs are seeded by a checksum of its
+    list: node ids are drawn anew at each registration, the list is the site's. Simulation
+    (`partition-id`, set by the engine): `client_{partition-id:03d}.txt` in `partition-dir`, under
+    the config's data root.
+    """
+    cfg = experiment_config(settings)
+    if "list-file" in node_config or "partition-id" not in node_config:
+        site = site_paths(node_config)
+        cfg.model.backbone.checkpoint, cfg.model.backbone.pretrained = site["backbone-weights"], None
+        path, root = site["list-file"], site["video-root"]
+        with open(path, "rb") as f:
+            stream = zlib.crc32(f.read())
+    else:
+        partition = int(node_config["partition-id"])
+        path = os.path.join(settings.partition_dir, f"client_{partition:03d}.txt")
+        root, stream = cfg.data.root, partition
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"partition {partition}: {os.path.abspath(path)} does not exist; write the "
+                                    f"partitions with `aimfl partition LIST --out DIR` and set partition-dir=DIR in "
+                                    f"the run config")
+    train, val = hold_out(read_annotations(path, "list"), settings.local_val_fraction, settings.seed)
+    return cfg, ClientData(train, val, root, stream, path)
+
+
+def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int, local_epochs: int,
+                proximal_mu: float, device: torch.device, show_progress: bool = False) -> dict:
+    """`local_epochs` epochs of local training from the weights already in `model`; returns the reply metrics."""
+    started = time.time()
+    sched = cfg.schedule
+    dataset = video_dataset(cfg, data.train, data.root, train=True)
+    per_batch = sched.batch_size // sched.accumulation_steps
+    loader, _ = make_loader(dataset, per_batch, True, 0, 1, cfg.seed, cfg.data.num_workers)
+    updates_per_epoch = len(loader) // sched.accumulation_steps
+    if updates_per_epoch == 0:
+        raise ValueError(f"{data.source}: {len(dataset)} training videos make no optimiser update at batch size "
+                         f"{sched.batch_size}; give this client more videos or lower batch-size")
+    trainer = build_trainer(model, cfg, device, updates_per_epoch)
+    trainer.start_at((server_round - 1) * local_epochs * updates_per_epoch)
+    trainer.anchor_proximal(proximal_mu)
+    loss, clips, skipped = 0.0, 0, 0
+    for local_epoch in range(local_epochs):
+        epoch = (server_round - 1) * local_epochs + local_epoch
+        stats = run_epoch(trainer, loader, epoch, cfg.seed, stream=data.stream, show_progress=show_progress,
+                          desc=f"round {server_round} epoch {local_epoch + 1}/{local_epochs}")
+        loss += stats["loss"] * stats["clips"]
+        clips += stats["clips"]
+        skipped += stats["skipped"]
+    return {"train-loss": loss / max(clips, 1), "num-examples": len(dataset), "skipped-videos": skipped,
+            "train-seconds": time.time() - started}

@@ -1,0 +1,62 @@
+"""`flwr run` of this app on Flower's simulation engine, isolated and cleaned up.
+
+`flwr run .` starts a detached "managed local SuperLink" on fixed ports and leaves it running.
+`run_simulation` gives each run its own FLWR_HOME and free ports, streams the run's log, and stops
+that SuperLink (and the processes it started) when the run ends, so demos, benchmarks and tests
+leave nothing behind. Users can equally type `flwr run . --stream --run-config ...` themselves
+(simulations/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+from aim_core.federated.settings import APP_ROOT
+from aimfl.processes import find_program, free_port, processes_mentioning, program_env, stream_command, toml_pairs
+
+
+def stop_local_superlink(flwr_home: str) -> None:
+    """Stops the managed SuperLink of `flwr_home` and its process group (its SuperExec and ServerApp)."""
+    for pid in processes_mentioning(os.path.join(flwr_home, "local-superlink")):
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            continue
+    deadline = time.time() + 10
+    while processes_mentioning(os.path.join(flwr_home, "local-superlink")) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in processes_mentioning(os.path.join(flwr_home, "local-superlink")):
+        os.kill(pid, signal.SIGKILL)
+
+
+def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_cpus: int = 1,
+                   client_gpus: float = 0.0, echo=None, timeout: float | None = None, app_dir: str = APP_ROOT,
+                   ray_cpus: int | None = None) -> int:
+    """Runs `flwr run APP_DIR --stream` with `run_config` overrides; returns its exit status.
+
+    `ray_cpus` overrides the CPUs Ray schedules clients on (default: the machine's). Every output line goes to
+    `log_path`, and to `echo(line)` when given (None: stdout). The exit status is 0 even when the ServerApp failed:
+    check for the run's outputs.
+    """
+    flwr_home = tempfile.mkdtemp(prefix="aimfl-flwr-home-")
+    env = program_env(FLWR_HOME=flwr_home,
+                      # the app runs in this environment: no per-run `uv sync` (slow, and needs the network)
+                      FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                      FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+                      FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
+    federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus} "
+                  f"client-resources-num-gpus={client_gpus}" + (f" init-args-num-cpus={ray_cpus}" if ray_cpus else ""))
+    command = [find_program("flwr"), "run", app_dir, "--stream", "--run-config", toml_pairs(run_config),
+               "--federation-config", federation]
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    open(log_path, "w").close()
+    try:
+        return stream_command(command, env, log_path, echo or (lambda line: print(line, end="", flush=True)), timeout)
+    finally:
+        stop_local_superlink(flwr_home)
+        shutil.rmtree(flwr_home, ignore_errors=True)
+
