@@ -65,7 +65,8 @@ def load_adapters(model: nn.Module, path: str, cfg) -> dict[str, str]:
 def evaluate(model: nn.Module, cfg, list_file: str | None = None, root: str | None = None,
              device: torch.device | None = None, progress: bool = False) -> dict:
     """Multi-view evaluation of `model` on a video list (default: the config's val list under its data root)."""
-    records = read_annotations(list_file or cfg.data.val_list, cfg.data.list_format, cfg.data.class_names)
+    records = read_annotations(list_file or cfg.data.val_list, cfg.data.list_format, cfg.data.class_names,
+                               cfg.data.num_classes)
     device = device or default_device()
     return evaluate_records(model.to(device).eval(), cfg, records, cfg.data.root if root is None else root, device,
                             progress)

@@ -11,7 +11,8 @@ from aim_core.config import ConfigError, config_from_dict, load_config
 from aim_core.data.annotations import AnnotationError
 from aim_core.data.partition import SCHEMES
 from aim_core.data.video import VideoReadError
-from aim_core.engine.checkpoint import CheckpointError, read_trainable
+from aim_core.engine.checkpoint import CheckpointError, stored_config
+from aim_core.engine.run_dir import RunDirError
 from aim_core.model.backbones import PretrainedWeightsError
 from aim_core.model.trainable import TrainableStateError
 
@@ -77,15 +78,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     import aimfl
-    from aim_core.data.annotations import class_names_of
 
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:  # the config the checkpoint was trained with
-        cfg = config_from_dict(json.loads(read_trainable(args.checkpoint)[1]["config"]), args.overrides,
+        cfg = config_from_dict(stored_config(args.checkpoint), args.overrides,
                                f"the config stored in {args.checkpoint}")
     model, metadata = model_with_adapters(cfg, args.checkpoint)
-    names = json.loads(metadata["class_names"]) if "class_names" in metadata else class_names_of(cfg.data)
+    # class names travel in the file's metadata; a path in a checkpoint's config is never followed
+    names = json.loads(metadata.get("class_names", "null")) or [str(k) for k in range(cfg.data.num_classes)]
     probs = aimfl.predict(model, cfg, args.video)
     top = probs.topk(min(args.top, len(names)))
     for p, k in zip(top.values.tolist(), top.indices.tolist()):
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     except AnnotationError as err:
         print(f"aimfl: annotation error: {err}", file=sys.stderr)
         return 2
-    except (PretrainedWeightsError, TrainableStateError, CheckpointError, VideoReadError, FileExistsError) as err:
+    except (PretrainedWeightsError, TrainableStateError, CheckpointError, VideoReadError, RunDirError,
+            FileExistsError) as err:
         print(f"aimfl: {err}", file=sys.stderr)
         return 2
     return 0

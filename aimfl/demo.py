@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from aim_core.config import load_config, to_dict
 from aim_core.data.annotations import read_annotations
 from aim_core.data.partition import write_partitions
+from aim_core.engine.run_dir import open_run_dir
 from aimfl.simulation import run_simulation
 from aimfl.staging import federated_progress, federated_run_config, prepare_backbone, prepare_world, step
 from aimfl.train import run as train
@@ -29,8 +30,10 @@ from aimfl.train import run as train
 def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[str, ...] = ()) -> dict:
     started = time.time()
     out, data_root = os.path.abspath(out), os.path.abspath(data_root)
-    os.makedirs(out, exist_ok=True)
     cfg = load_config(config, [f"data.root={data_root}", *overrides])
+    open_run_dir(out, overwrite=True, key="--out")  # one demo at a time in a folder
+    if os.path.isfile(os.path.join(out, "results.json")):
+        print(f"    {out} holds an earlier demo report: it is replaced")
     demo = cfg.demo
 
     step(1, f"synthetic world in {data_root}")
@@ -52,19 +55,19 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
     runs = {}
     for number, (name, variant) in ((4, ("space_only", "space_only")), (5, ("centralized", "aim"))):
         step(number, f"{name}: {variant}, {cfg.schedule.epochs} epochs, centralized")
-        run_cfg = OmegaConf.merge(cfg, {"model": {"variant": variant}, "output_dir": os.path.join(out, name)})
+        run_cfg = OmegaConf.merge(cfg, {"model": {"variant": variant}, "output_dir": os.path.join(out, name),
+                                        "overwrite": True})
         runs[name] = train(run_cfg)
 
     rounds = cfg.schedule.epochs // demo.local_epochs
     step(6, f"federated AIM: {demo.clients} clients x {rounds} rounds of {demo.local_epochs} local epoch(s), Flower "
             f"simulation")
     fed_out = os.path.join(out, "federated")
-    shutil.rmtree(fed_out, ignore_errors=True)
     run_config = federated_run_config(
         cfg, config, overrides, **{"num-server-rounds": rounds, "local-epochs": demo.local_epochs,
                                    "warmup-rounds": round(cfg.schedule.warmup_epochs / demo.local_epochs),
                                    "min-nodes": demo.clients, "central-eval-every": demo.central_eval_every,
-                                   "partition-dir": partitions, "out-dir": fed_out})
+                                   "partition-dir": partitions, "out-dir": fed_out, "overwrite": True})
     log_path = os.path.join(out, "federated.log")
     run_simulation(run_config, demo.clients, log_path, client_cpus=demo.client_cpus, echo=federated_progress)
     final_path = os.path.join(fed_out, "final.json")

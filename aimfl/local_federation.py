@@ -88,12 +88,12 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
 
     step(5, f"SuperLink, {plan.sites} SuperNodes, {plan.rounds} round(s)")
     workdir, run_dir = os.path.join(out, "federation"), os.path.join(out, "run")
-    for stale in (workdir, run_dir):  # a fresh SuperLink state and run each time; credentials are kept
-        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh SuperLink state and logs each time; credentials are kept
     run_config = federated_run_config(
         cfg, config, overrides, **{"num-server-rounds": plan.rounds, "local-epochs": plan.local_epochs,
                                    "warmup-rounds": 0, "min-nodes": plan.sites, "round-timeout": plan.round_timeout,
-                                   "central-eval-every": 1, "partition-dir": partitions, "out-dir": run_dir})
+                                   "central-eval-every": 1, "partition-dir": partitions, "out-dir": run_dir,
+                                   "overwrite": True})
     with Federation(workdir, creds["tls"], insecure=insecure) as federation:
         federation.start_superlink(auth=not insecure)
         print(f"    SuperLink on {federation.address} (PID {federation.services['superlink'].process.pid})")

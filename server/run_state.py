@@ -31,6 +31,7 @@ from aim_core.engine.checkpoint import CheckpointError, load_training_state, sav
 from aim_core.engine.evaluation import evaluate_records
 from aim_core.engine.metrics_log import MetricsLog
 from aim_core.engine.precision import default_device
+from aim_core.engine.run_dir import open_run_dir
 from aim_core.federated.settings import FederatedSettings, experiment_config
 from aim_core.federated.wire import UPDATE_DTYPES, decode_state, encode_state, payload_bytes
 from aim_core.model.factory import build_model
@@ -55,19 +56,19 @@ class FederatedRun:
         torch.manual_seed(self.cfg.seed)  # the same initial adapters and head as `aimfl train`
         self.model = build_model(self.cfg.model).to(self.device)
         self.counts = count_parameters(self.model)
-        self.val_records = read_annotations(self.cfg.data.val_list, self.cfg.data.list_format,
-                                            self.cfg.data.class_names) if self.cfg.data.val_list else []
+        data = self.cfg.data
+        self.val_records = read_annotations(data.val_list, data.list_format, data.class_names,
+                                            data.num_classes) if data.val_list else []
         self.history: list[dict] = []
         self.best_top1 = -1.0
         self.strategy_state: dict = {}
+        self.run_dir = open_run_dir(self.out, resume=settings.resume, overwrite=settings.overwrite, key="out-dir")
         if settings.resume and os.path.isfile(self.ckpt_path):
             self._restore()
         elif settings.resume:
             log(INFO, "resume=true but %s does not exist: starting at round 1", self.ckpt_path)
         os.makedirs(os.path.dirname(self.ckpt_path), exist_ok=True)
-        with open(os.path.join(self.out, "metrics.jsonl"), "w") as f:  # rounds after the checkpoint are redone
-            f.writelines(json.dumps(record) + "\n" for record in self.history)
-        self.metrics = MetricsLog(self.out)
+        self.metrics = MetricsLog(self.out, "round", resume_after=self.rounds_done)
         self.started = time.time()
 
     def _restore(self) -> None:
@@ -135,7 +136,7 @@ class FederatedRun:
         if privacy is not None:
             record["privacy"] = {"epsilon": privacy.epsilon, "delta": privacy.delta}
         self.history.append({"round": server_round, **record})
-        self.metrics.log("round", server_round, **record)
+        self.metrics.log(server_round, **record)
         arrays = {k: v.cpu().clone() for k, v in trainable_state(self.model).items()}
         save_training_state({"round": server_round, "arrays": arrays, "strategy": self.settings.strategy,
                              "strategy_state": strategy_state, "history": self.history, "best_top1": self.best_top1},

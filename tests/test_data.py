@@ -33,7 +33,7 @@ def test_path_label_list_with_groups_names_and_comments(tmp_path):
 
 
 @pytest.mark.parametrize("line,message", [("a.mp4", ":3:"), ("a.mp4 walk", ":3: label 'walk'"),
-                                          ("a.mp4 1 x y", ":3:"), ("a.mp4 9", ":3: label 9 out of range")])
+                                          ("a.mp4 1 x y", ":3:"), ("a.mp4 9", ":3: label 9 is out of range")])
 def test_malformed_line_names_file_and_line(tmp_path, line, message):
     (tmp_path / "classes.txt").write_text("jump\nrun\n")
     path = tmp_path / "bad.txt"
@@ -166,3 +166,39 @@ def test_a_list_of_only_bad_videos_fails_clearly(tiny_cfg, synthetic_world, tmp_
                            cfg.model.backbone.std, train=True)
     with pytest.raises(RuntimeError, match="3 videos in a row could not be read"):
         dataset[0]
+
+
+def test_unreadable_test_videos_are_left_out_and_counted_never_replaced(tiny_cfg, synthetic_world, tmp_path):
+    """Evaluating a list with a truncated and a missing video scores the readable videos alone: the same probabilities
+    and labels as a list without the two."""
+    from aim_core.engine.evaluation import evaluate
+    from aim_core.engine.loaders import evaluation_loader
+
+    listing, total = corrupt_copy(synthetic_world, tmp_path)
+    readable = tmp_path / "readable.txt"
+    readable.write_text("\n".join(open(listing).read().splitlines()[2:]) + "\n")
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world, "data.root=", "schedule.batch_size=4")
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    results = {}
+    for name, path in (("with_bad", listing), ("readable", readable)):
+        dataset = VideoDataset(read_annotations(str(path)), "", cfg.data, cfg.model.backbone.mean,
+                               cfg.model.backbone.std, train=False)
+        results[name] = evaluate(model, evaluation_loader(dataset, cfg), torch.device("cpu"), 8)
+    assert results["with_bad"]["skipped"] == 2 and results["readable"]["skipped"] == 0
+    assert len(results["with_bad"]["labels"]) == total - 2
+    assert (results["with_bad"]["labels"] == results["readable"]["labels"]).all()
+    torch.testing.assert_close(torch.from_numpy(results["with_bad"]["probs"]),
+                               torch.from_numpy(results["readable"]["probs"]))
+
+
+def test_a_test_list_of_only_unreadable_videos_is_a_clear_error(tiny_cfg, synthetic_world, tmp_path):
+    from aim_core.data.video import VideoReadError
+    from aim_core.engine.evaluation import evaluate
+    from aim_core.engine.loaders import evaluation_loader
+
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world)
+    dataset = VideoDataset([VideoRecord("gone.mp4", 0), VideoRecord("lost.mp4", 1)], str(tmp_path), cfg.data,
+                           cfg.model.backbone.mean, cfg.model.backbone.std, train=False)
+    with pytest.raises(VideoReadError, match="none of the 2 videos to evaluate could be read"):
+        evaluate(build_model(cfg.model), evaluation_loader(dataset, cfg), torch.device("cpu"), 8)

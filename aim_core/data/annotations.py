@@ -15,8 +15,10 @@ A malformed entry raises `AnnotationError` naming the file and line (or entry).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -69,8 +71,10 @@ def detect_format(path: str) -> str:
     return "list"
 
 
-def read_path_label_list(path: str, class_names: list[str] | None = None) -> list[VideoRecord]:
+def read_path_label_list(path: str, class_names: list[str] | None = None,
+                         num_classes: int | None = None) -> list[VideoRecord]:
     index = {name: i for i, name in enumerate(class_names or [])}
+    limit = num_classes or (len(class_names) if class_names else None)
     records = []
     with open(path) as f:
         for number, line in enumerate(f, start=1):
@@ -87,13 +91,15 @@ def read_path_label_list(path: str, class_names: list[str] | None = None) -> lis
                 value = index[label]
             else:
                 raise AnnotationError(f"{path}:{number}: label {label!r} is neither a class index nor a known class name")
-            if value < 0 or (class_names and value >= len(class_names)):
-                raise AnnotationError(f"{path}:{number}: label {value} out of range")
+            if value < 0 or (limit and value >= limit):
+                raise AnnotationError(f"{path}:{number}: label {value} is out of range: the config has {limit} classes "
+                                      f"(data.num_classes), labels go from 0 to {limit - 1}")
             records.append(VideoRecord(fields[0], value, fields[2] if len(fields) == 3 else None))
     return records
 
 
-def read_kinetics_csv(path: str, class_names: list[str] | None = None) -> list[VideoRecord]:
+def read_kinetics_csv(path: str, class_names: list[str] | None = None,
+                      num_classes: int | None = None) -> list[VideoRecord]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         needed = {"label", "youtube_id", "time_start", "time_end"}
@@ -101,6 +107,8 @@ def read_kinetics_csv(path: str, class_names: list[str] | None = None) -> list[V
             raise AnnotationError(f"{path}:1: Kinetics CSV header needs {sorted(needed)}, got {reader.fieldnames}")
         rows = list(reader)
     names = class_names or sorted({row["label"] for row in rows})
+    if num_classes and len(names) > num_classes:
+        raise AnnotationError(f"{path}: {len(names)} classes, but the config has data.num_classes={num_classes}")
     index = {name: i for i, name in enumerate(names)}
     records = []
     for number, row in enumerate(rows, start=2):
@@ -115,11 +123,10 @@ def read_kinetics_csv(path: str, class_names: list[str] | None = None) -> list[V
     return records
 
 
-def read_ssv2_json(path: str, labels_path: str | None) -> list[VideoRecord]:
-    if not labels_path:
+def read_ssv2_json(path: str, class_names: list[str] | None) -> list[VideoRecord]:
+    if not class_names:
         raise AnnotationError(f"{path}: SSv2 annotations need data.class_names pointing to labels.json")
-    with open(labels_path) as f:
-        labels = {name: int(i) for name, i in json.load(f).items()}
+    labels = {name: i for i, name in enumerate(class_names)}
     with open(path) as f:
         entries = json.load(f)
     records = []
@@ -132,7 +139,7 @@ def read_ssv2_json(path: str, labels_path: str | None) -> list[VideoRecord]:
     return records
 
 
-def read_diving48_json(path: str) -> list[VideoRecord]:
+def read_diving48_json(path: str, num_classes: int | None = None) -> list[VideoRecord]:
     with open(path) as f:
         entries = json.load(f)
     records = []
@@ -141,24 +148,45 @@ def read_diving48_json(path: str) -> list[VideoRecord]:
             records.append(VideoRecord(f"{entry['vid_name']}.mp4", int(entry["label"])))
         except (KeyError, TypeError, ValueError) as err:
             raise AnnotationError(f"{path}: entry {number}: bad or missing {err}") from err
+        if not 0 <= records[-1].label < (num_classes or math.inf):
+            raise AnnotationError(f"{path}: entry {number}: label {records[-1].label} is out of range: the config "
+                                  f"has data.num_classes={num_classes}")
     return records
 
 
-def read_annotations(path: str, fmt: str = "auto", class_names: str | None = None) -> list[VideoRecord]:
-    """Reads an annotation file into records; `class_names` is a class-name file (or SSv2 labels.json)."""
+@contextlib.contextmanager
+def _reading(path: str):
+    """Undecodable text or JSON in `path` becomes an `AnnotationError` naming the file (and line)."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from err
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from err
+
+
+def read_annotations(path: str, fmt: str = "auto", class_names: str | None = None,
+                     num_classes: int | None = None) -> list[VideoRecord]:
+    """Reads an annotation file into records; `class_names` is a class-name file (or SSv2 labels.json). A label
+    at or above `num_classes` is an error naming its line."""
     if fmt not in FORMATS:
         raise AnnotationError(f"data.list_format={fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not os.path.isfile(path):
-        raise AnnotationError(f"annotation file {path} does not exist")
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "ssv2_json":
-        records = read_ssv2_json(path, class_names)
-    elif fmt == "diving48_json":
-        records = read_diving48_json(path)
-    else:
-        names = read_class_names(class_names) if class_names else None
-        reader = read_kinetics_csv if fmt == "kinetics_csv" else read_path_label_list
-        records = reader(path, names)
+    for name in filter(None, (path, class_names)):
+        if not os.path.isfile(name):
+            raise AnnotationError(f"annotation file {name} does not exist")
+    names = None
+    if class_names:
+        with _reading(class_names):
+            names = read_class_names(class_names)
+    with _reading(path):
+        fmt = detect_format(path) if fmt == "auto" else fmt
+        if fmt == "ssv2_json":
+            records = read_ssv2_json(path, names)
+        elif fmt == "diving48_json":
+            records = read_diving48_json(path, num_classes)
+        else:
+            reader = read_kinetics_csv if fmt == "kinetics_csv" else read_path_label_list
+            records = reader(path, names, num_classes)
     if not records:
         raise AnnotationError(f"{path}: no videos listed")
     return records

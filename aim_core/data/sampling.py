@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from aim_core.config import ConfigError
+
 
 def _check(num_frames: int, clip_len: int) -> None:
     if num_frames < 1:
@@ -72,4 +74,4 @@ def sample_indices(
         if train:
             return uniform_train_indices(num_frames, clip_len, rng)
         return uniform_test_indices(num_frames, clip_len, num_clips)
-    raise ValueError(f"data.sampling={sampling!r}; choose dense or uniform")
+    raise ConfigError(f"data.sampling={sampling!r}; choose dense or uniform")

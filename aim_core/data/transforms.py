@@ -18,6 +18,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from aim_core.config import ConfigError
+
 
 def train_transform(data_cfg, mean, std) -> v2.Compose:
     steps = [v2.RandomResizedCrop(data_cfg.input_size, scale=tuple(data_cfg.crop_scale), antialias=True)]
@@ -37,7 +39,7 @@ def spatial_crops(frames: torch.Tensor, size: int, num_crops: int) -> list[torch
     if num_crops == 1:
         return [TF.center_crop(frames, [size, size])]
     if num_crops != 3:
-        raise ValueError(f"data.test_crops must be 1 or 3, got {num_crops}")
+        raise ConfigError(f"data.test_crops must be 1 or 3, got {num_crops}")
     if width >= height:
         top = (height - size) // 2
         return [TF.crop(frames, top, left, size, size) for left in (0, (width - size) // 2, width - size)]

@@ -5,9 +5,11 @@ decoder itself so that the short side is `data.short_side` in training and
 `data.input_size` at test time. Training items are one clip (T, C, H, W); test items are all
 views (clips x crops, T, C, H, W) for multi-view evaluation.
 
-A missing, truncated or undecodable video is logged once per process with its path, replaced
-by another sample, and counted: every item carries `skipped`, the number of bad videos it
-stepped over, so counts add up across DataLoader workers and DDP ranks. Random choices depend
+A missing, truncated or undecodable video is logged once per process with its path and counted.
+In training it is replaced by another sample (the item carries `skipped`, the number of bad videos
+it stepped over, so counts add up across DataLoader workers and DDP ranks); at test time it is
+left out of the evaluation and counted (`collate_readable`), never replaced: another video would
+bring its label into the score. Random choices depend
 only on (seed, epoch, index), never on the worker that loads the item, so runs are
 reproducible and resumable.
 """
@@ -19,8 +21,9 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from aim_core.config import ConfigError
 from aim_core.data.annotations import VideoRecord, read_annotations
 from aim_core.data.sampling import sample_indices
 from aim_core.data.transforms import TestTransform, as_video, train_transform
@@ -121,6 +124,15 @@ class VideoDataset(Dataset):
             log.warning("skipping unreadable video: %s", err)
 
     def __getitem__(self, index: int) -> dict:
+        if not self.train:  # an unreadable test video is left out and counted, never replaced: see collate_readable
+            record = self.records[index]
+            try:
+                video = self.load(record)
+            except VideoReadError as err:
+                self._report(err, record.path)
+                return {"video": None, "label": record.label, "skipped": 1, "index": index}
+            return {"video": video, "label": record.label, "skipped": 0, "index": index}
+        # a training clip is replaced by another one: the epoch goes on with the same number of clips
         rng = np.random.default_rng([self.seed, self.epoch, index])
         requested, skipped = index, 0
         for _ in range(self.cfg.max_read_attempts):
@@ -139,10 +151,22 @@ class VideoDataset(Dataset):
         )
 
 
+def collate_readable(items: list[dict]) -> dict:
+    """A batch of test items without the unreadable ones; `skipped` counts those left out (the videos of a batch
+    may all be unreadable: its `video` is then None)."""
+    readable = [item for item in items if item["video"] is not None]
+    if readable:
+        batch = default_collate(readable)
+    else:
+        batch = {"video": None, "label": torch.empty(0, dtype=torch.long), "index": torch.empty(0, dtype=torch.long)}
+    batch["skipped"] = torch.tensor([sum(item["skipped"] for item in items)])
+    return batch
+
+
 def class_stratified_fraction(records: list[VideoRecord], fraction: float, seed: int) -> list[VideoRecord]:
     """A deterministic subset with `fraction` of each class (at least one video per class)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"data.fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"data.fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
         return records
     rng = np.random.default_rng(seed)
@@ -171,11 +195,8 @@ def build_dataset(cfg, split: str) -> VideoDataset:
     data = cfg.data
     list_path = data.train_list if split == "train" else data.val_list
     if not list_path:
-        raise ValueError(f"data.{split}_list is not set")
-    records = read_annotations(list_path, data.list_format, data.class_names)
+        raise ConfigError(f"data.{split}_list is not set")
+    records = read_annotations(list_path, data.list_format, data.class_names, data.num_classes)
     if split == "train":
         records = class_stratified_fraction(records, data.fraction, cfg.seed)
-    labels = [r.label for r in records]
-    if max(labels) >= data.num_classes:
-        raise ValueError(f"labels go up to {max(labels)} but data.num_classes={data.num_classes}")
     return video_dataset(cfg, records, data.root, train=split == "train")

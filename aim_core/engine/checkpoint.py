@@ -60,17 +60,38 @@ def save_trainable(model: nn.Module, path: str, config: dict, extra: dict[str, s
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
-def read_trainable(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _open_trainable(path: str):
     if not os.path.isfile(path):
         raise CheckpointError(f"trainable-state file {path} does not exist")
     try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != "aimfl-trainable":
-                raise CheckpointError(f"{path} is not an aimfl trainable-state file (no aimfl metadata)")
-            return {k: f.get_tensor(k) for k in f.keys()}, metadata
-    except SafetensorError as err:
+        handle = safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if (handle.metadata() or {}).get("format") != "aimfl-trainable":
+        raise CheckpointError(f"{path} is not an aimfl trainable-state file (no aimfl metadata)")
+    return handle
+
+
+def read_trainable(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state and the metadata of a file written by `save_trainable`."""
+    with _open_trainable(path) as f:
+        try:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        except SafetensorError as err:
+            raise CheckpointError(f"{path} is truncated or damaged: {err}") from err
+
+
+def stored_config(path: str) -> dict:
+    """The experiment config a trainable-state file was written with (its metadata; no tensor is read)."""
+    with _open_trainable(path) as f:
+        text = f.metadata().get("config")
+    try:
+        config = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: its metadata holds no readable config") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its metadata holds no readable config")
+    return config
 
 
 def load_trainable(model: nn.Module, path: str, config: dict) -> dict[str, str]:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from aim_core.data.annotations import VideoRecord
-from aim_core.data.video import video_dataset
+from aim_core.data.video import VideoReadError, video_dataset
 from aim_core.engine.loaders import evaluation_loader
 from aim_core.engine.precision import autocast, resolve_precision
 
@@ -47,26 +47,33 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, max_views_per
     model.eval()
     indices, probs, labels, skipped = [], [], [], 0
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
+        skipped += int(batch["skipped"].sum())
+        if batch["video"] is None:  # every video of the batch was unreadable
+            continue
         p = average_view_probabilities(model, batch["video"].to(device), max_views_per_forward, precision)
         indices.append(batch["index"])
         probs.append(p.cpu())
         labels.append(batch["label"])
-        skipped += int(batch["skipped"].sum())
-    local = (torch.cat(indices), torch.cat(probs), torch.cat(labels), skipped)
+    local = (indices, probs, labels, skipped)
     if dist.is_available() and dist.is_initialized():
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, local)
     else:
         gathered = [local]
     by_index = {}
-    for idx, p, y, _ in gathered:
-        for i, row, label in zip(idx.tolist(), p, y.tolist()):
-            by_index[i] = (row, label)
+    for rank_indices, rank_probs, rank_labels, _ in gathered:
+        for idx, p, y in zip(rank_indices, rank_probs, rank_labels):
+            for i, row, label in zip(idx.tolist(), p, y.tolist()):
+                by_index[i] = (row, label)
+    skipped = sum(g[3] for g in gathered)
+    if not by_index:
+        raise VideoReadError(f"none of the {skipped} videos to evaluate could be read; check the data root and the "
+                             "list (the log names each unreadable file)")
     order = sorted(by_index)
     return {
         "probs": torch.stack([by_index[i][0] for i in order]).numpy(),
         "labels": np.array([by_index[i][1] for i in order]),
-        "skipped": sum(g[3] for g in gathered),
+        "skipped": skipped,
     }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from aim_core.data.video import collate_readable
+
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, rank: int = 0, world: int = 1, seed: int = 0,
                 workers: int = 0) -> tuple[DataLoader, DistributedSampler]:
@@ -13,7 +15,8 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, rank: int = 0, w
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=train)
     # training workers are not persistent: each epoch's workers must get the dataset's new epoch (its RNG seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=train,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0 and not train)
+                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0 and not train,
+                        collate_fn=None if train else collate_readable)
     return loader, sampler
 
 

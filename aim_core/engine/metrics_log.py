@@ -7,23 +7,34 @@ import os
 
 
 class MetricsLog:
-    """Appends records to OUT/metrics.jsonl and their numbers to OUT/tensorboard; `enabled=False` (DDP ranks other
-    than 0) writes nothing."""
+    """Appends records `{step_name: step, ...}` to OUT/metrics.jsonl and their numbers to OUT/tensorboard;
+    `enabled=False` (DDP ranks other than 0) writes nothing.
 
-    def __init__(self, out_dir: str, enabled: bool = True):
-        self.enabled = enabled
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+    A resumed run keeps the records up to the step it resumes after (`resume_after`) and drops later ones: the
+    steps after the last checkpoint are run again, and logged once.
+    """
 
-            self.path = os.path.join(out_dir, "metrics.jsonl")
-            self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+    def __init__(self, out_dir: str, step_name: str, enabled: bool = True, resume_after: int = 0):
+        self.enabled, self.step_name = enabled, step_name
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
 
-    def log(self, step_name: str, step: int, **values) -> None:
-        """One record: `{step_name: step, **values}`; numbers are also TensorBoard scalars at `step`."""
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        kept = []
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if json.loads(line)[step_name] <= resume_after]
+        with open(self.path, "w") as f:
+            f.writelines(kept)
+        self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+
+    def log(self, step: int, **values) -> None:
+        """One record; its numbers are also TensorBoard scalars at `step`."""
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps({step_name: step, **values}) + "\n")
+            f.write(json.dumps({self.step_name: step, **values}) + "\n")
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(key, value, step)

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from aim_core.config import ConfigError
+
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -17,7 +19,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"schedule.precision={precision!r}; choose auto, fp32, bf16 or fp16")
+        raise ConfigError(f"schedule.precision={precision!r}; choose auto, fp32, bf16 or fp16")
     return precision
 
 

@@ -108,7 +108,8 @@ def client_setup(node_config: dict, settings: FederatedSettings):
             raise FileNotFoundError(f"partition {partition}: {os.path.abspath(path)} does not exist; write the "
                                     f"partitions with `aimfl partition LIST --out DIR` and set partition-dir=DIR in "
                                     f"the run config")
-    train, val = hold_out(read_annotations(path, "list"), settings.local_val_fraction, settings.seed)
+    records = read_annotations(path, "list", num_classes=cfg.data.num_classes)
+    train, val = hold_out(records, settings.local_val_fraction, settings.seed)
     return cfg, ClientData(train, val, root, stream, path)
 
 

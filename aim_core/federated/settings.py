@@ -56,6 +56,7 @@ class FederatedSettings:
     partition_dir: str
     out_dir: str
     resume: bool
+    overwrite: bool
     seed: int
 
     @classmethod

@@ -29,6 +29,7 @@ import torch.utils.serialization.config
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from aim_core.config import ConfigError
 from aim_core.model.attention import FrozenAttention, linear_sharing
 
 
@@ -147,12 +148,12 @@ def build_open_clip_visual(cfg, image_size: int) -> nn.Module:
     checkpoint = _check_weights_request(cfg)
     model_cfg = open_clip.get_model_config(cfg.name)
     if model_cfg is None:
-        raise ValueError(f"model.backbone.name={cfg.name!r} is not an open_clip model; see open_clip.list_models()")
+        raise ConfigError(f"model.backbone.name={cfg.name!r} is not an open_clip model; see open_clip.list_models()")
     if not (cfg.pretrained or checkpoint):
         vision_cfg = {**model_cfg["vision_cfg"], "image_size": image_size, **_overrides(cfg)}
         return _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=bool(cfg.quick_gelu))
     if cfg.overrides:
-        raise ValueError(
+        raise ConfigError(
             "model.backbone.overrides cannot be combined with open_clip pre-trained weights; register a model "
             "config with open_clip.add_model_config instead"
         )
@@ -250,4 +251,4 @@ def build_vit_parts(cfg, image_size: int) -> ViTParts:
         return vit_parts_from_open_clip(build_open_clip_visual(cfg, image_size))
     if cfg.family == "timm_vit":
         return vit_parts_from_timm(build_timm_model(cfg, img_size=image_size, drop_path_rate=0.0))
-    raise ValueError(f"model.backbone.family={cfg.family!r} is not a ViT family (open_clip, timm_vit)")
+    raise ConfigError(f"model.backbone.family={cfg.family!r} is not a ViT family (open_clip, timm_vit)")

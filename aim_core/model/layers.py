@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aim_core.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Adaptations:
@@ -34,7 +36,7 @@ VARIANTS = {
 
 def adaptations_for(variant: str) -> Adaptations:
     if variant not in VARIANTS:
-        raise ValueError(f"model.variant={variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"model.variant={variant!r}; choose one of {', '.join(VARIANTS)}")
     return VARIANTS[variant]
 
 
@@ -46,10 +48,10 @@ def adapted_layers(depth: int, positions: str, count: int | None) -> list[bool]:
         return [i % 2 == 0 for i in range(depth)]
     if positions in ("bottom", "top"):
         if count is None or not 0 < count <= depth:
-            raise ValueError(f"model.adapter_layer_count must be in 1..{depth} for adapter_positions={positions}")
+            raise ConfigError(f"model.adapter_layer_count must be in 1..{depth} for adapter_positions={positions}")
         bottom = [i < count for i in range(depth)]
         return bottom if positions == "bottom" else bottom[::-1]
-    raise ValueError(f"model.adapter_positions={positions!r}; choose all, bottom, top or alternate")
+    raise ConfigError(f"model.adapter_positions={positions!r}; choose all, bottom, top or alternate")
 
 
 class TemporalEmbedding(nn.Module):

@@ -17,6 +17,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from aim_core.config import ConfigError
 from aim_core.model.adapter import Adapter
 from aim_core.model.attention import self_attention
 from aim_core.model.backbones import build_timm_model
@@ -94,9 +95,9 @@ class AIMSwinTransformer(nn.Module):
         adapt = adaptations_for(cfg.variant)
         swin = build_timm_model(cfg.backbone, img_size=cfg.image_size, drop_path_rate=0.0)
         if not isinstance(swin, SwinTransformer):
-            raise ValueError(f"model.backbone.name={cfg.backbone.name!r} is not a timm SwinTransformer")
+            raise ConfigError(f"model.backbone.name={cfg.backbone.name!r} is not a timm SwinTransformer")
         if cfg.num_frames % cfg.tubelet_size:
-            raise ValueError(f"model.num_frames={cfg.num_frames} is not a multiple of tubelet_size={cfg.tubelet_size}")
+            raise ConfigError(f"model.num_frames={cfg.num_frames} is not a multiple of tubelet_size={cfg.tubelet_size}")
         self.tubelet_size = cfg.tubelet_size
         self.steps = cfg.num_frames // cfg.tubelet_size
         self.full_finetune = adapt.full_finetune
