@@ -29,9 +29,12 @@ class ConfigError(ValueError):
     pass
 
 
-def resolve_config_path(name: str) -> str:
-    """A path, or a config name looked up in the package's configs/ folder."""
-    for candidate in (name, os.path.join(CONFIG_DIR, name), os.path.join(CONFIG_DIR, f"{name}.yaml")):
+def resolve_config_path(name: str, bundled_only: bool = False) -> str:
+    """A path, or a config name looked up in the package's configs/ folder; `bundled_only`: a name only."""
+    if bundled_only and (os.sep in name or name.startswith(".")):
+        raise ConfigError(f"config {name!r}: only the name of a config in {CONFIG_DIR} is accepted here, not a path")
+    candidates = [os.path.join(CONFIG_DIR, name), os.path.join(CONFIG_DIR, f"{name}.yaml")]
+    for candidate in candidates if bundled_only else [name, *candidates]:
         if os.path.isfile(candidate):
             return candidate
     raise ConfigError(f"config {name!r} not found (neither a file nor a name in {CONFIG_DIR})")
@@ -214,10 +217,11 @@ def check_ranges(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={list(pair)!r}: expected two numbers in [0, 1]")
 
 
-def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """base.yaml, then the named config file and its bases, then `key=value` overrides; every key declared."""
+def load_config(name: str, overrides: list[str] | tuple[str, ...] = (), bundled_only: bool = False) -> DictConfig:
+    """base.yaml, then the named config file and its bases, then `key=value` overrides; every key declared.
+    `bundled_only` accepts only the name of a config shipped in configs/ (what a deployed site loads)."""
     cfg = _strict(OmegaConf.create(_base_defaults()))
-    for source, layer in _read_layers(resolve_config_path(name)):
+    for source, layer in _read_layers(resolve_config_path(name, bundled_only)):
         cfg = _merge_strict(cfg, layer, source)
     return _apply_overrides(cfg, overrides, name)
 

@@ -9,7 +9,7 @@ import sys
 
 from aim_core.config import ConfigError, config_from_dict, load_config
 from aim_core.data.annotations import AnnotationError
-from aim_core.data.partition import SCHEMES
+from aim_core.data.partition import SCHEMES, PartitionError
 from aim_core.data.video import VideoReadError
 from aim_core.engine.checkpoint import CheckpointError, stored_config
 from aim_core.engine.run_dir import RunDirError
@@ -126,6 +126,24 @@ def cmd_make_certs(args: argparse.Namespace) -> None:
                       "keep_private": [paths["ca.key"], paths["server.key"]]}, indent=2))
 
 
+def cmd_make_proxy_config(args: argparse.Namespace) -> None:
+    from aimfl.deployment import fleet_proxy_config
+
+    workdir = os.path.abspath(args.workdir)
+    tls = None if args.insecure else {role: os.path.abspath(os.path.join(args.tls, name)) for role, name in
+                                      (("ca", "ca.crt"), ("cert", "server.pem"), ("key", "server.key"))}
+    missing = [path for path in (tls or {}).values() if not os.path.isfile(path)]
+    if missing:
+        raise ConfigError(f"--tls {args.tls}: {', '.join(missing)} not found; make them with aimfl make-certs")
+    os.makedirs(workdir, exist_ok=True)
+    out = os.path.join(workdir, "nginx.conf")
+    with open(out, "w") as f:
+        f.write(fleet_proxy_config(args.listen, args.superlink_port, workdir, tls))
+    print(json.dumps({"written": out, "start": f"nginx -p {workdir} -c {out}", "sites_dial": args.listen,
+                      "superlink": f"127.0.0.1:{args.superlink_port} (flower-superlink --host 127.0.0.1 "
+                                   f"--port {args.superlink_port})"}, indent=2))
+
+
 def cmd_make_site_key(args: argparse.Namespace) -> None:
     from aimfl.credentials import make_site_key
 
@@ -163,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
                        help="a name or IP address the SuperNodes dial (repeat for several)")
     certs.add_argument("--days", type=int, default=365, help="validity")
     certs.set_defaults(run=cmd_make_certs)
+
+    proxy = commands.add_parser("make-proxy-config", help="the nginx configuration of the sites' address: the "
+                                                           "Fleet API only, so that only the operator starts runs")
+    proxy.add_argument("--listen", default="0.0.0.0:9092", help="the address the sites dial (HOST:PORT)")
+    proxy.add_argument("--superlink-port", type=int, default=9093, help="the SuperLink's port on 127.0.0.1")
+    proxy.add_argument("--tls", default="pki", help="the folder of aimfl make-certs (ca.crt, server.pem, server.key)")
+    proxy.add_argument("--workdir", required=True, help="nginx's folder: nginx.conf, pid, logs, temporary files")
+    proxy.add_argument("--insecure", action="store_true", help="plain HTTP (no TLS): only to debug on one machine")
+    proxy.set_defaults(run=cmd_make_proxy_config)
 
     site_key = commands.add_parser("make-site-key", help="a site's ECDSA P-384 key pair for SuperNode authentication "
                                                           "(as ssh-keygen -t ecdsa -b 384)")
@@ -239,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except AnnotationError as err:
         print(f"aimfl: annotation error: {err}", file=sys.stderr)
         return 2
-    except (PretrainedWeightsError, TrainableStateError, CheckpointError, VideoReadError, RunDirError,
+    except (PretrainedWeightsError, TrainableStateError, CheckpointError, VideoReadError, RunDirError, PartitionError,
             FileExistsError) as err:
         print(f"aimfl: {err}", file=sys.stderr)
         return 2

@@ -50,9 +50,13 @@ def _subject_names(hosts: list[str]) -> list[x509.GeneralName]:
 
 
 def make_tls_certificates(out: str, hosts: list[str], days: int = 365) -> dict[str, str]:
-    """Writes ca.crt, ca.key, server.pem and server.key into `out`; returns their paths."""
+    """Writes ca.crt, ca.key, server.pem and server.key into `out`; returns their paths.
+
+    The certificate names `hosts` (what the sites dial: the Fleet-only proxy) and localhost (the SuperLink on the
+    operator's loopback, which the proxy and the operator's `flwr` commands reach)."""
     if not hosts:
         raise ValueError("give at least one host name or IP address the SuperNodes will dial")
+    hosts = list(dict.fromkeys([*hosts, "localhost", "127.0.0.1"]))
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("ca.crt", "ca.key", "server.pem", "server.key")}
     existing = [p for p in paths.values() if os.path.exists(p)]

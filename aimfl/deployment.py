@@ -1,11 +1,20 @@
-"""Flower's deployment processes on one machine: a SuperLink, SuperNodes and `flwr` commands.
+"""Flower's deployment processes on one machine: a SuperLink behind a Fleet-only proxy, SuperNodes, `flwr`.
 
-`Federation` starts Flower's own `flower-superlink` and `flower-supernode` executables, each as a
-process in its own session (so its SuperExec and app processes go with it) writing its own log
-file, registers SuperNode keys with `flwr supernode register`, and runs `flwr run` against a
-connection it writes into its own FLWR_HOME. `stop()` ends every process it started, by PID.
-`aimfl local-federation` and the deployment tests use it; operators type the same commands on
-their machines (docs/deployment.md), and `commands.sh` in the work dir lists each one.
+Flower's SuperLink serves its Fleet API (what SuperNodes use), its Control API (`flwr run`,
+`flwr supernode register`, `flwr ls`, `flwr log`: no user authentication) and its Runtime API on one
+HTTP port. Whoever reaches that port can submit a run, and a run is code that executes on every
+site. So the SuperLink listens on the operator's loopback only, and the address the sites dial is
+nginx, which forwards the twelve Fleet routes a SuperNode calls (`FLEET_ROUTES`, read from flwr's
+`supernode/fleet_http_client.py`) and refuses everything else (403). Only the operator, on the
+SuperLink's machine, can start a run.
+
+`Federation` starts nginx (`fleet_proxy_config`), Flower's own `flower-superlink` and
+`flower-supernode` executables, each as a process in its own session (so its SuperExec and app
+processes go with it) writing its own log file, registers SuperNode keys with `flwr supernode
+register`, and runs `flwr run` against a connection it writes into its own FLWR_HOME. `stop()` ends
+every process it started, by PID. `aimfl local-federation` and the deployment tests use it;
+operators type the same commands on their machines (docs/deployment.md, `aimfl make-proxy-config`),
+and `commands.sh` in the work dir lists each one.
 
 TLS is on unless `insecure=True`, which prints a loud warning: the adapters and the metrics then
 cross the network in clear text, and no SuperNode is authenticated (Flower's node authentication
@@ -19,6 +28,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +45,56 @@ INSECURE_WARNING = ("INSECURE MODE: TLS is off and SuperNodes are not authentica
 def warn_insecure() -> None:
     banner = "!" * 100
     print(f"\n{banner}\n{INSECURE_WARNING}\n{banner}\n", file=sys.stderr, flush=True)
+
+
+# The Fleet API routes a SuperNode calls (POST, flwr 1.41 and 1.42); tests/test_sites.py checks them against flwr.
+FLEET_ROUTES = ("register-node", "activate-node", "deactivate-node", "unregister-node", "send-node-heartbeat",
+                "pull-messages", "push-messages", "get-run", "get-fab", "push-object", "pull-object",
+                "confirm-message-received")
+
+
+def fleet_proxy_config(listen: str, superlink_port: int, workdir: str, tls: dict[str, str] | None) -> str:
+    """An nginx configuration that serves the SuperLink's Fleet API on `listen` (HOST:PORT) and nothing else.
+
+    The SuperLink listens on 127.0.0.1:`superlink_port`; with `tls` ({"ca", "cert", "key"}) nginx terminates the
+    sites' TLS with the SuperLink's certificate and verifies the SuperLink's (as `localhost`) against the CA.
+    Requests and replies stream through unbuffered (app bundles and 5 MiB array chunks pass as they come).
+    """
+    scheme = "http" if tls is None else "https"
+    server_tls = "" if tls is None else (
+        f"        ssl_certificate {tls['cert']};\n        ssl_certificate_key {tls['key']};\n"
+        "        ssl_protocols TLSv1.2 TLSv1.3;\n")
+    upstream_tls = "" if tls is None else (
+        f"            proxy_ssl_trusted_certificate {tls['ca']};\n            proxy_ssl_verify on;\n"
+        "            proxy_ssl_name localhost;\n            proxy_ssl_server_name on;\n")
+    routes = "|".join(FLEET_ROUTES)
+    return f"""# aimfl: the sites' address serves Flower's Fleet API only; the rest stays on the operator's machine
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {workdir}/nginx-access.log;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    client_max_body_size 64m;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    proxy_read_timeout 3600s;
+    proxy_send_timeout 3600s;
+    server {{
+        listen {listen}{"" if tls is None else " ssl"};
+{server_tls}        location ~ ^/v1/fleet/({routes})$ {{
+            limit_except POST {{ deny all; }}
+            proxy_pass {scheme}://127.0.0.1:{superlink_port};
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+{upstream_tls}        }}
+        location / {{ return 403; }}
+    }}
+}}
+"""
 
 
 @dataclass
@@ -68,7 +128,8 @@ class Federation:
         os.makedirs(self.logs, exist_ok=True)
         os.makedirs(self.flwr_home, exist_ok=True)
         self.tls, self.insecure, self.connection = tls, insecure, connection
-        self.port = free_port()
+        self.port = free_port()  # the SuperLink, on loopback: the operator's `flwr` commands use it
+        self.fleet_port = free_port()  # the Fleet-only proxy: what the SuperNodes dial
         self.services: dict[str, Service] = {}
         # sites run the environment they have: no `uv sync` of the app's dependencies per run
         self.env = program_env(FLWR_HOME=self.flwr_home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -80,7 +141,13 @@ class Federation:
 
     @property
     def address(self) -> str:
+        """The SuperLink itself, on the operator's loopback."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def fleet_address(self) -> str:
+        """The sites' address: the Fleet API only."""
+        return f"127.0.0.1:{self.fleet_port}"
 
     def _write_connection(self) -> None:
         """The `flwr` CLI's connection to this SuperLink, in FLWR_HOME/config.toml."""
@@ -118,6 +185,7 @@ class Federation:
         raise TimeoutError(f"{name}: {pattern!r} did not appear in {timeout:.0f} s; see {service.log_path}")
 
     def start_superlink(self, auth: bool = True) -> Service:
+        """The SuperLink on loopback, and the Fleet-only proxy in front of it on the sites' address."""
         if auth and self.insecure:
             raise ValueError("Flower's SuperNode authentication needs TLS: start the SuperLink with auth=False in "
                              "insecure mode")
@@ -128,7 +196,31 @@ class Federation:
                    "--host", "127.0.0.1", "--port", str(self.port)]
         service = self._start("superlink", command)
         self.wait_for("superlink", "Uvicorn running")
+        self.start_fleet_proxy()
         return service
+
+    def start_fleet_proxy(self) -> Service:
+        """nginx on the sites' address, forwarding the Fleet API to the SuperLink and refusing the rest."""
+        config = os.path.join(self.workdir, "nginx.conf")
+        with open(config, "w") as f:
+            f.write(fleet_proxy_config(self.fleet_address, self.port, self.workdir, self.tls))
+        service = self._start("fleet-proxy", [find_program("nginx"), "-p", self.workdir, "-c", config,
+                                              "-e", os.path.join(self.workdir, "nginx-error.log")])
+        self._wait_for_port(self.fleet_port, "fleet-proxy")
+        return service
+
+    def _wait_for_port(self, port: int, name: str, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                if self.services[name].process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with status {self.services[name].process.returncode}; see "
+                                       f"{self.services[name].log_path} and {self.workdir}/nginx-error.log") from None
+                time.sleep(0.1)
+        raise TimeoutError(f"{name} did not listen on port {port} within {timeout:.0f} s")
 
     def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """A `flwr` CLI command against this federation's connection; its output is appended to logs/flwr.log."""
@@ -172,7 +264,7 @@ class Federation:
         """A SuperNode with its own local port, authenticating with `private_key` (an OpenSSH ECDSA key)."""
         security = ["--insecure"] if self.insecure else ["--root-certificates", self.tls["ca"]]
         auth = ["--auth-supernode-private-key", private_key] if private_key else []
-        command = [find_program("flower-supernode"), "--superlink", self.address, *security, *auth,
+        command = [find_program("flower-supernode"), "--superlink", self.fleet_address, *security, *auth,
                    "--port", str(free_port()), "--node-config", toml_pairs(node_config)]
         return self._start(name, command)
 

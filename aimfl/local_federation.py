@@ -96,12 +96,23 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
                                    "overwrite": True})
     with Federation(workdir, creds["tls"], insecure=insecure) as federation:
         federation.start_superlink(auth=not insecure)
-        print(f"    SuperLink on {federation.address} (PID {federation.services['superlink'].process.pid})")
-        for site in sites:
+        pid = federation.services["superlink"].process.pid
+        print(f"    SuperLink on {federation.address} (operator only, PID {pid}), the sites' Fleet-only address "
+              f"{federation.fleet_address} (nginx)")
+        videos = [client["samples"] for client in summary["per_client"]]
+        sizes = {}  # the operator's record of each registered site's videos: the server weighs updates by it
+        for site, count in zip(sites, videos):
             key = creds["keys"][site]
-            registered = f"node {federation.register(key + '.pub', site)}, " if key else ""
+            node = federation.register(key + ".pub", site) if key else None
             federation.start_supernode(site, key, site_configs[site])
-            print(f"    {site}: {registered}PID {federation.services[site].process.pid}")
+            if node is not None:
+                sizes[str(node)] = count
+            print(f"    {site}: {f'node {node}, ' if node else ''}PID {federation.services[site].process.pid}")
+        if insecure:  # SuperNodes register themselves: the server cannot tell them apart, so they count alike
+            sizes, run_config["weighting"] = {"*": max(videos)}, "uniform"
+        run_config["site-sizes"] = os.path.join(workdir, "site-sizes.json")
+        with open(run_config["site-sizes"], "w") as f:
+            json.dump(sizes, f, indent=2)
         federation.run(APP_ROOT, run_config, echo=federated_progress)
     still_running = [s.name for s in federation.services.values() if s.process.poll() is None]
     if still_running:

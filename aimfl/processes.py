@@ -24,18 +24,22 @@ def interpreter_bin() -> str:
     return os.path.dirname(sys.executable)
 
 
+# Programs of the system rather than of the Python environment, with where they live when PATH lacks them.
+SYSTEM_PROGRAMS = {"nginx": ("/usr/sbin", "install nginx (Debian and Ubuntu: apt-get install nginx)")}
+
+
 def find_program(name: str) -> str:
-    """The path of a console script: beside the running interpreter first, then on PATH."""
-    beside = os.path.join(interpreter_bin(), name)
-    if os.path.isfile(beside) and os.access(beside, os.X_OK):
-        return beside
-    on_path = shutil.which(name)
-    if on_path:
-        return on_path
+    """The path of a program: beside the running interpreter first, then on PATH (then, for a system program such as
+    nginx, in its usual folder)."""
+    folder, hint = SYSTEM_PROGRAMS.get(name, (None, "install aimfl into this environment (pip install -e .) or "
+                                                    "run it with that environment's python"))
+    for candidate in (os.path.join(interpreter_bin(), name), shutil.which(name),
+                      folder and os.path.join(folder, name)):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
     raise ProgramNotFoundError(
         f"{name} not found, neither beside the running Python ({interpreter_bin()}) nor on PATH "
-        f"({os.environ.get('PATH', '')}); install aimfl into this environment (pip install -e .) or run it with "
-        "that environment's python")
+        f"({os.environ.get('PATH', '')}); {hint}")
 
 
 def program_env(**values: str) -> dict[str, str]:

@@ -87,6 +87,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = model_with(cfg, decode_state(msg.content["arrays"]))
     result = evaluate_records(model, cfg, data.val, data.root, default_device())
     metrics = {"eval-top1": result["top1"], "eval-loss": result["loss"], "num-examples": result["videos"],
-               "skipped-videos": result["skipped"]}
+               "skipped-videos": result["skipped"], "partition-id": data.partition}
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

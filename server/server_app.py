@@ -20,6 +20,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from aim_core.federated.settings import FederatedSettings
+from server.client_sizes import ClientSizes
 from server.run_state import FederatedRun
 from server.strategy import RoundIncomplete, ValidatedRounds, build_strategy, strategy_state
 
@@ -31,7 +32,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = FederatedSettings.from_run_config(context.run_config)
     run = FederatedRun(settings)
     strategy = build_strategy(settings, run.strategy_state)
-    rounds = ValidatedRounds(strategy, settings)
+    rounds = ValidatedRounds(strategy, settings, ClientSizes(settings, run.cfg, run.counts["trainable_params"]))
     arrays = run.global_arrays()
     log(INFO, "%s: rounds %d..%d of %d, %s trainable of %s parameters, %.2f MB per update (%s)",
         settings.strategy, run.rounds_done + 1, settings.last_round, settings.num_server_rounds,

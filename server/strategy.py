@@ -6,9 +6,12 @@ when a run resumes (`strategy_state`: FedAdam/FedYogi moments, the DP accountant
 
 `ValidatedRounds` runs one round's training or evaluation with that strategy: the strategy samples
 the nodes and aggregates; in between, every reply is checked. An error reply, extra records, a
-different key set, a wrong shape or dtype, non-finite values, an update norm above
-`max-update-norm` or a non-positive `num-examples` is rejected, logged with the node id and the
-reason, and returned in the round's report. With fewer than `min-valid-replies` accepted updates the
+reply from a client the server does not know or that already answered, a `num-examples` other than
+the client's training videos as the server knows them (`server/client_sizes.py`), a different key
+set, a wrong shape, dtype or size, non-finite values, or an update norm above the client's bound is
+rejected, logged with the node id and the reason, and returned in the round's report. Each accepted
+update counts by the weight the server sets from its own record of the client, never by what the
+client claims. With fewer than `min-valid-replies` accepted updates the
 round keeps the previous global state. When fewer than `min-nodes` of the sampled nodes replied
 within `round-timeout` (a site crashed, lost its link or is too slow), `RoundIncomplete` ends the run
 after its last finished round, which `resume=true` continues from.
@@ -44,9 +47,11 @@ from flwr.serverapp.strategy import (
 from aim_core.config import ConfigError
 from aim_core.federated.settings import FederatedSettings
 from aim_core.federated.wire import decode_state, encode_state, payload_bytes, update_problem
+from server.client_sizes import ClientSizes
 
-TRAIN_METRICS = ("train-loss", "num-examples", "skipped-videos", "train-seconds")  # what a train reply reports
-EVALUATE_METRICS = ("eval-top1", "eval-loss", "num-examples", "skipped-videos")
+# what a train reply reports (partition-id: the simulated partition it trained, -1 on a deployed site)
+TRAIN_METRICS = ("train-loss", "num-examples", "skipped-videos", "train-seconds", "partition-id")
+EVALUATE_METRICS = ("eval-top1", "eval-loss", "num-examples", "skipped-videos", "partition-id")
 WEIGHT_KEY = "aggregation-weight"  # set by the server: clients do not pick their weight
 MOMENTS = ("m_t", "v_t")  # FedAdam / FedYogi
 
@@ -130,11 +135,13 @@ class EvaluateRound:
 
 
 class ValidatedRounds:
-    """One round's training or evaluation through `strategy`, every reply checked first (see the module doc)."""
+    """One round's training or evaluation through `strategy`, every reply checked first (see the module doc);
+    `sizes` is what the server knows of each client: its weight, its training videos, its update bound."""
 
-    def __init__(self, strategy: Strategy, settings: FederatedSettings):
+    def __init__(self, strategy: Strategy, settings: FederatedSettings, sizes: ClientSizes):
         self.strategy = strategy
         self.settings = settings
+        self.sizes = sizes
 
     def train(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> TrainRound:
         """Sends the global state `arrays` to the sampled nodes, waits for their updates, and aggregates the valid
@@ -153,30 +160,31 @@ class ValidatedRounds:
                         replies) -> TrainRound:
         """Checks every reply to `instructions` against the global state `arrays` they carried, and aggregates the
         valid ones with the strategy."""
-        sent = decode_state(arrays)
-        expected = {k: tuple(v.shape) for k, v in sent.items()}
+        sent = {k: v.numpy() for k, v in decode_state(arrays).items()}
+        global_norm = math.sqrt(sum(float(np.dot(v.ravel(), v.ravel())) for v in sent.values()))
         outcome = TrainRound(arrays=None, sampled=sorted(m.metadata.dst_node_id for m in instructions))
         for message in instructions:
             outcome.nodes[str(message.metadata.dst_node_id)] = {
                 "bytes_sent": payload_bytes(message.content["arrays"]), "bytes_received": 0}
         replies = senders(instructions, replies)
         self.check_replied(server_round, outcome.sampled, replies)
-        accepted = []
+        accepted, answered = [], {}
         for node, reply in replies:
             record = outcome.nodes.setdefault(str(node), {"bytes_sent": 0, "bytes_received": 0})
             if not reply.has_error():
                 record["bytes_received"] += sum(payload_bytes(r) for r in reply.content.array_records.values())
-            problem = self.train_reply_problem(reply, expected, sent)
+            problem, key = self.train_reply_problem(reply, node, sent, global_norm, answered, record)
             if problem:
                 log(WARNING, "round %d: rejected the update of node %d: %s", server_round, node, problem)
                 outcome.rejected.append({"node": node, "reason": problem})
                 continue
+            answered[key] = node
             metrics = reply.content["metrics"]
-            weight = metrics["num-examples"] if self.settings.weighting == "num-examples" else 1
-            # fp32 for aggregation, and only the metrics of the contract, plus the server-chosen weight
+            # fp32 for aggregation, and only the metrics of the contract, plus the weight the server sets
             if self.settings.update_dtype != "fp32":
                 reply.content["arrays"] = encode_state(decode_state(reply.content["arrays"]), "fp32")
-            reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in TRAIN_METRICS}, WEIGHT_KEY: weight})
+            reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in TRAIN_METRICS},
+                                                     WEIGHT_KEY: self.sizes.weight(key)})
             record.update({k: metrics[k] for k in TRAIN_METRICS})
             accepted.append(reply)
         outcome.accepted = len(accepted)
@@ -202,26 +210,37 @@ class ValidatedRounds:
             log(WARNING, "round %d: %d of the %d sampled nodes replied; %s", server_round, len(replied), len(sampled),
                 why)
 
-    def train_reply_problem(self, reply: Message, expected: dict, sent: dict) -> str | None:
+    def train_reply_problem(self, reply: Message, node: int, sent: dict[str, np.ndarray], global_norm: float,
+                            answered: dict[int, int], record: dict) -> tuple[str | None, int | None]:
+        """(why the reply cannot be aggregated, or None; the key of the client the server knows it by). Its update
+        norm and bound go into `record`, the node's line of the round."""
         if reply.has_error():
-            return f"error reply: {short_reason(reply.error.reason)}"
+            return f"error reply: {short_reason(reply.error.reason)}", None
         content = reply.content
         if set(content.keys()) != {"arrays", "metrics"} or "arrays" not in content.array_records \
                 or "metrics" not in content.metric_records:
             return (f"records {sorted(content.keys())}, expected exactly an ArrayRecord 'arrays' and a MetricRecord "
-                    "'metrics'")
+                    "'metrics'"), None
         metrics = content["metrics"]
         missing = [k for k in TRAIN_METRICS if not isinstance(metrics.get(k), (int, float))]
         if missing:
-            return f"metrics lack {missing}"
+            return f"metrics lack {missing}", None
         if not all(math.isfinite(metrics[k]) for k in TRAIN_METRICS):
-            return "non-finite metrics"
-        problem = update_problem(content["arrays"], expected, self.settings.update_dtype, metrics["num-examples"],
-                                 sent, self.settings.max_update_norm or None)
-        if problem is None and self.settings.dp_noise_multiplier > 0 and all(
-                (decode_state(content["arrays"])[k] == v).all() for k, v in sent.items()):
-            return "an unchanged state: flwr's DP clipping divides by the update's norm, which is zero"
-        return problem
+            return "non-finite metrics", None
+        key, problem = self.sizes.identify(node, metrics)
+        if problem:
+            return problem, None
+        if key in answered:
+            return f"client {key} already answered this round (node {answered[key]})", None
+        if metrics["num-examples"] != self.sizes.train_videos(key):
+            return (f"num-examples={metrics['num-examples']!r}, but client {key} has "
+                    f"{self.sizes.train_videos(key)} training videos"), None
+        bound = self.sizes.max_update_norm(key, global_norm)
+        problem, norm = update_problem(content["arrays"], sent, self.settings.update_dtype, bound)
+        record.update({"update-norm": norm, "norm-bound": bound})
+        if problem is None and self.settings.dp_noise_multiplier > 0 and norm == 0:
+            return "an unchanged state: flwr's DP clipping divides by the update's norm, which is zero", None
+        return problem, key
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> EvaluateRound:
         """Client-side evaluation on held-out local videos, every `client-eval-every` rounds."""
@@ -233,18 +252,15 @@ class ValidatedRounds:
         for message in messages:
             message.content["arrays"] = wire
         outcome = EvaluateRound(None, {str(m.metadata.dst_node_id): payload_bytes(wire) for m in messages})
-        accepted = []
+        accepted, answered = [], set()
         for node, reply in senders(messages, grid.send_and_receive(messages, timeout=self.settings.round_timeout)):
-            metrics = None if reply.has_error() else reply.content.metric_records.get("metrics")
-            problem = (f"error reply: {short_reason(reply.error.reason)}" if reply.has_error() else
-                       "no MetricRecord 'metrics'" if metrics is None else
-                       f"metrics lack {EVALUATE_METRICS}" if any(not isinstance(metrics.get(k), (int, float))
-                                                                 for k in EVALUATE_METRICS) else
-                       f"num-examples={metrics['num-examples']}" if not metrics["num-examples"] > 0 else None)
+            problem, key = self.evaluate_reply_problem(reply, node, answered)
             if problem:
                 log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, node, problem)
                 continue
-            # client-side metrics are weighted by the videos each client evaluated
+            answered.add(key)
+            metrics = reply.content["metrics"]
+            # weighted by the videos the client evaluated, which cannot exceed those the server knows it held out
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in EVALUATE_METRICS},
                                                      WEIGHT_KEY: metrics["num-examples"]})
             accepted.append(reply)
@@ -254,6 +270,24 @@ class ValidatedRounds:
                                "videos": sum(reply.content["metrics"]["num-examples"] for reply in accepted),
                                "clients": len(accepted)}
         return outcome
+
+
+    def evaluate_reply_problem(self, reply: Message, node: int, answered: set) -> tuple[str | None, int | None]:
+        if reply.has_error():
+            return f"error reply: {short_reason(reply.error.reason)}", None
+        metrics = reply.content.metric_records.get("metrics")
+        if metrics is None:
+            return "no MetricRecord 'metrics'", None
+        if any(not isinstance(metrics.get(k), (int, float)) or not math.isfinite(metrics[k])
+               for k in EVALUATE_METRICS):
+            return f"metrics lack finite {EVALUATE_METRICS}", None
+        key, problem = self.sizes.identify(node, metrics)
+        if problem or key in answered:
+            return problem or f"client {key} already answered this round", None
+        held_out = self.sizes.videos_of(key) - self.sizes.train_videos(key)
+        if not 0 < metrics["num-examples"] <= held_out:
+            return f"num-examples={metrics['num-examples']!r}, but client {key} holds out {held_out} videos", None
+        return None, key
 
 
 def senders(instructions: list[Message], replies) -> list[tuple[int, Message]]:

@@ -1,7 +1,7 @@
 """The public API (`import aimfl`), in process: build, one training step, save and load adapters, evaluate, predict."""
 
 import torch
-from helpers import tiny_overrides
+from helpers import TINY, tiny_overrides
 
 import aimfl
 from aim_core.model.trainable import trainable_state
@@ -9,7 +9,7 @@ from aimfl import cli
 
 
 def test_one_step_then_save_load_evaluate_and_predict(synthetic_world, tmp_path):
-    cfg = aimfl.load_config("synthetic", tiny_overrides(synthetic_world, tmp_path, "schedule.warmup_epochs=0"))
+    cfg = aimfl.load_config(TINY, tiny_overrides(synthetic_world, tmp_path, "schedule.warmup_epochs=0"))
     torch.manual_seed(0)
     model = aimfl.build_model(cfg)
     before = {k: v.clone() for k, v in trainable_state(model).items()}

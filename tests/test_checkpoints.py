@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from helpers import tiny_overrides
+from helpers import TINY, tiny_overrides
 
 import aimfl
 from aim_core.config import to_dict
@@ -40,7 +40,7 @@ def test_a_checkpoint_with_a_code_payload_is_refused_and_the_code_never_runs(evi
 
 def test_train_refuses_to_resume_from_a_payload(evil_checkpoint, synthetic_world, tmp_path, capsys):
     path, marker = evil_checkpoint
-    code = cli.main(["train", "synthetic", *tiny_overrides(synthetic_world, tmp_path / "run"), f"resume={path}"])
+    code = cli.main(["train", TINY, *tiny_overrides(synthetic_world, tmp_path / "run"), f"resume={path}"])
     assert code == 2 and not marker.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "Traceback" not in err[0]
@@ -85,7 +85,7 @@ def test_metadata_asking_for_two_billion_classes_is_refused_before_building(tiny
 def test_class_names_come_from_the_metadata_never_from_a_path_in_it(tiny_cfg, synthetic_world, tmp_path, capsys):
     secret = tmp_path / "secret.txt"
     secret.write_text("\n".join(f"SECRET-LINE-{k}" for k in range(10)) + "\n")
-    cfg = aimfl.load_config("synthetic", tiny_overrides(synthetic_world, tmp_path, f"data.class_names={secret}"))
+    cfg = aimfl.load_config(TINY, tiny_overrides(synthetic_world, tmp_path, f"data.class_names={secret}"))
     path = str(tmp_path / "adapters.safetensors")
     save_trainable(aimfl.build_model(cfg), path, to_dict(cfg))  # metadata without class names
     video = synthetic_world / open(synthetic_world / "val.txt").readline().split()[0]

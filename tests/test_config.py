@@ -56,3 +56,37 @@ def test_unknown_override_and_bad_syntax_are_errors():
         load_config("tiny_clip", ["data.num_frames"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("no_such_config")
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  variant: aim\n data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:3: not valid YAML"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("schedule.lr=abc", "schedule.lr='abc' in command-line override 'schedule.lr=abc': expected a number"),
+    ("schedule.epochs=0", "schedule.epochs=0 is out of range"),
+    ("schedule.batch_size=-4", "schedule.batch_size=-4 is out of range"),
+    ("schedule.epochs=2.5", "schedule.epochs=2.5 in command-line override 'schedule.epochs=2.5': expected an integer"),
+    ("data.num_classes=2000000000", "data.num_classes=2000000000 is out of range"),
+    ("data.flip=3", "data.flip=3 in command-line override 'data.flip=3': expected true or false"),
+    ("schedule.lr=.inf", "schedule.lr=inf is out of range"),
+    ("data.crop_scale=[0.5]", r"data.crop_scale=\[0.5\]: expected two numbers in \[0, 1\]"),
+])
+def test_a_value_of_the_wrong_type_or_range_names_its_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny_clip", [override])
+
+
+def test_a_stored_config_takes_overrides_as_strictly_as_a_file():
+    from aim_core.config import config_from_dict, to_dict
+
+    stored = to_dict(load_config("tiny_clip"))
+    assert config_from_dict(stored, ["schedule.lr=1e-4"]).schedule.lr == 1e-4
+    with pytest.raises(ConfigError, match="model.adapter_ration"):
+        config_from_dict(stored, ["model.adapter_ration=0.5"])
+    stored["data"]["num_classes"] = 2_000_000_000
+    with pytest.raises(ConfigError, match="data.num_classes=2000000000 is out of range"):
+        config_from_dict(stored)

@@ -202,3 +202,27 @@ def test_a_test_list_of_only_unreadable_videos_is_a_clear_error(tiny_cfg, synthe
                            cfg.model.backbone.mean, cfg.model.backbone.std, train=False)
     with pytest.raises(VideoReadError, match="none of the 2 videos to evaluate could be read"):
         evaluate(build_model(cfg.model), evaluation_loader(dataset, cfg), torch.device("cpu"), 8)
+
+
+def test_a_list_that_is_not_utf8_or_bad_json_names_the_file(tmp_path):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("vidéo.mp4 0\n".encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"latin1\.txt: not UTF-8 text \(byte 3"):
+        read_annotations(str(latin))
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"vid_name": "a", "label": 0},\n {"vid_name": ]')
+    with pytest.raises(AnnotationError, match=r"broken\.json:2: not valid JSON"):
+        read_annotations(str(broken))
+    names = tmp_path / "labels.json"
+    names.write_text("{not json")
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.mp4 0\n")
+    with pytest.raises(AnnotationError, match=r"labels\.json:1: not valid JSON"):
+        read_annotations(str(listing), class_names=str(names))
+
+
+def test_a_label_beyond_num_classes_without_class_names_names_its_line(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.mp4 0\nb.mp4 1\nc.mp4 12\n")
+    with pytest.raises(AnnotationError, match=r"list\.txt:3: label 12 is out of range: the config has 10 classes"):
+        read_annotations(str(listing), num_classes=10)

@@ -5,24 +5,34 @@ started by PID (`aimfl.deployment.Federation`). The backbone is a tiny random ti
 a file, standing in for the weights each site pre-stages.
 """
 
+import http.client
 import json
 import os
 import socket
 import ssl
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from helpers import aimfl, save_tiny_backbone, tiny_overrides
+from helpers import TINY, aimfl, save_tiny_backbone, tiny_overrides
 
+from aim_core.data.annotations import read_annotations
 from aim_core.data.synthetic import make_synthetic
 from aim_core.engine.checkpoint import load_training_state
 from aim_core.federated.settings import APP_ROOT
 from aimfl.credentials import make_site_key, make_tls_certificates
 from aimfl.deployment import Federation
-from aimfl.processes import interpreter_bin, processes_mentioning
+from aimfl.processes import find_program, interpreter_bin, processes_mentioning, program_env
 
-pytestmark = pytest.mark.slow  # every test here runs Flower's processes
+pytestmark = [
+    pytest.mark.slow,  # every test here runs Flower's processes
+    pytest.mark.skipif(not any(os.access(os.path.join(d, "nginx"), os.X_OK) for d in
+                               [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin"]),
+                       reason="nginx is not installed (apt-get install nginx): the sites' Fleet-only proxy; "
+                              ".ci/run installs it"),
+]
 
 ROUND_TIMEOUT = 40  # seconds: a round of the tiny model takes about 20 s on 2 cores, process starts included
 
@@ -38,8 +48,8 @@ def environment_not_activated():
 
 
 def site_overrides(world, weights):
-    return [o for o in tiny_overrides(world, "unused") if not o.startswith("model.backbone.checkpoint")] + [
-        f"model.backbone.checkpoint={weights}"]
+    """The server's overrides: its data root and its copy of the backbone weights (sites use their node config's)."""
+    return [*tiny_overrides(world, "unused"), f"model.backbone.checkpoint={weights}"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +79,7 @@ def node_config(deployment, list_file):
 
 
 def run_config(deployment, out, **values):
-    config = {"config": "synthetic", "overrides": " ".join(site_overrides(deployment["world"], deployment["weights"])),
+    config = {"config": TINY, "overrides": " ".join(site_overrides(deployment["world"], deployment["weights"])),
               "out-dir": str(out), "num-server-rounds": 2, "batch-size": 4, "warmup-rounds": 1,
               "round-timeout": ROUND_TIMEOUT, "client-eval-every": 0, "local-val-fraction": 0.0}
     config.update({key.replace("_", "-"): value for key, value in values.items()})
@@ -82,12 +92,15 @@ def history(out):
 
 
 def start_sites(federation, deployment, lists):
-    """Registers and starts one SuperNode per site; returns their node ids."""
-    ids = {}
+    """Registers and starts one SuperNode per site; returns their node ids and the operator's site-sizes file."""
+    ids, sizes = {}, {}
     for site, list_file in lists.items():
         ids[site] = federation.register(deployment["keys"][site] + ".pub", site)
+        sizes[str(ids[site])] = len(read_annotations(list_file))
         federation.start_supernode(site, deployment["keys"][site], node_config(deployment, list_file))
-    return ids
+    path = Path(federation.workdir) / "site-sizes.json"
+    path.write_text(json.dumps(sizes))
+    return ids, str(path)
 
 
 def kill_on(federation, site, pattern):
@@ -106,16 +119,16 @@ def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(
     make_synthetic(str(world), seed=1, train_per_class=2, val_per_class=1, sites=2, progress=False)
     out = tmp_path / "local"
     overrides = site_overrides(str(world), deployment["weights"])
-    result = aimfl("local-federation", "--out", str(out), "--data", str(world), "--config", "synthetic",
+    result = aimfl("local-federation", "--out", str(out), "--data", str(world), "--config", TINY,
                    "local_federation.sites=2", "local_federation.rounds=2", *overrides, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = json.loads((out / "local_federation.json").read_text())
-    assert summary["rounds"] == 2 and summary["tls_and_node_auth"] and summary["processes_stopped"] == 3
+    assert summary["rounds"] == 2 and summary["tls_and_node_auth"] and summary["processes_stopped"] == 4
     rounds = history(out / "run")
     assert [r["round"] for r in rounds] == [1, 2] and all(r["accepted_updates"] == 2 for r in rounds)
     logs = {os.path.basename(p) for p in summary["logs"]}
-    assert {"superlink.log", "site0.log", "site1.log", "flwr-run.log"} <= logs
+    assert {"superlink.log", "fleet-proxy.log", "site0.log", "site1.log", "flwr-run.log"} <= logs
     assert processes_mentioning(str(out)) == []  # every process it started is gone
     commands = (out / "federation" / "commands.sh").read_text()
     assert "--ssl-certfile" in commands and "--enable-supernode-auth" in commands and "--insecure" not in commands
@@ -129,10 +142,63 @@ def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(
     assert sum(p.stat().st_size for p in shipped) < 10 * 2**20
     assert {p.suffix for p in shipped} <= {".py", ".toml", ".md", ".yaml", ".json"}
 
-    evaluated = aimfl("eval", "synthetic", *overrides, "--checkpoint", summary["final_adapters"],
+    evaluated = aimfl("eval", TINY, *overrides, "--checkpoint", summary["final_adapters"],
                       "--out", str(tmp_path / "eval"), check=False)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(evaluated.stdout)["videos"] == 10
+
+
+def attacker(federation, deployment, tmp_path):
+    """`flwr` as someone who has the CA certificate and reaches the sites' address, not the operator's machine."""
+    home = tmp_path / "attacker-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "attack"\n\n[superlink.attack]\naddress = "{federation.fleet_address}"\n'
+        f'root-certificates = "{deployment["tls"]["ca"]}"\n')
+    env = program_env(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+
+    def flwr(*args):
+        return subprocess.run([find_program("flwr"), *args], env=env, capture_output=True, text=True, timeout=120)
+
+    return flwr
+
+
+def post(federation, deployment, path):
+    """The HTTP status of a POST to `path` at the sites' address, over TLS verified by the CA."""
+    context = ssl.create_default_context(cafile=deployment["tls"]["ca"])
+    connection = http.client.HTTPSConnection("127.0.0.1", federation.fleet_port, context=context, timeout=30)
+    connection.request("POST", path, body=b"", headers={"Content-Type": "application/protobuf"})
+    return connection.getresponse().status
+
+
+def test_an_attack_through_the_sites_address_is_refused_and_no_run_reaches_a_site(deployment, tmp_path):
+    """The attack of the hardening issue: with only ca.crt, register a key, submit a run, list runs, read logs."""
+    attacker_key, _ = make_site_key(str(tmp_path / "attacker"))
+    with Federation(str(tmp_path / "federation"), deployment["tls"]) as federation:
+        federation.start_superlink(auth=True)
+        ids, _ = start_sites(federation, deployment, {"site0": deployment["lists"]["site0"]})
+        federation.wait_for("site0", "Starting Flower SuperNode|Connecting|SuperNode ID|activated", timeout=60)
+        flwr = attacker(federation, deployment, tmp_path)
+        attempts = {"register a key": flwr("supernode", "register", attacker_key + ".pub", "attack"),
+                    "submit a run": flwr("run", APP_ROOT, "attack"),
+                    "list runs": flwr("ls", "attack", "--format", "json"),
+                    "read a run's log": flwr("log", "1", "attack", "--show")}
+        statuses = {path: post(federation, deployment, path) for path in
+                    ("/v1/control/start-run", "/v1/control/register-node", "/v1/control/list-runs",
+                     "/v1/runtime/pull-messages", "/docs", "/v1/fleet/../control/list-runs")}
+        fleet_status = post(federation, deployment, "/v1/fleet/pull-messages")
+        time.sleep(7)  # two of the SuperNode's 3 s polls: a run that got through would be pulled by now
+        runs = json.loads(federation.flwr("ls", federation.connection, "--format", "json").stdout)
+        nodes = [int(node["node-id"]) for node in federation.nodes()]
+        site_log = federation.services["site0"].log_text()
+        access_log = (Path(federation.workdir) / "nginx-access.log").read_text()
+    for what, result in attempts.items():  # the proxy answered every one with 403
+        assert "403 Forbidden" in result.stdout + result.stderr, f"{what}: {result.stdout}{result.stderr}"
+    assert set(statuses.values()) == {403}, statuses
+    assert fleet_status != 403  # the Fleet API itself is served (this empty request is Flower's to refuse)
+    assert runs.get("runs", []) == [] and nodes == [ids["site0"]]
+    assert "Receiving" not in site_log and "clientapp" not in site_log
+    assert " 403 " in access_log and "/v1/control/start-run" in access_log
 
 
 @pytest.fixture(scope="module")
@@ -143,21 +209,23 @@ def faulty_run(deployment, tmp_path_factory):
     out = root / "run"
     with Federation(str(root / "federation"), deployment["tls"]) as federation:
         federation.start_superlink(auth=True)
-        ids = start_sites(federation, deployment, {"site0": deployment["lost"], "site1": deployment["lists"]["site1"]})
+        ids, sizes = start_sites(federation, deployment, {"site0": deployment["lost"],
+                                                          "site1": deployment["lists"]["site1"]})
         rogue = federation.start_supernode("rogue", deployment["keys"]["rogue"],
                                            node_config(deployment, deployment["lists"]["site1"]))
         killer = kill_on(federation, "site1", "Receiving: train message")
-        federation.run(APP_ROOT, run_config(deployment, out, min_nodes=1, central_eval_every=0), timeout=400)
+        federation.run(APP_ROOT, run_config(deployment, out, min_nodes=1, central_eval_every=0, site_sizes=sizes),
+                       timeout=400)
         killer.join(1)
         registered = [int(node["node-id"]) for node in federation.nodes()]
 
         # TLS is on: the CA verifies the SuperLink as 127.0.0.1, and plain HTTP gets no answer
         context = ssl.create_default_context(cafile=deployment["tls"]["ca"])
-        with socket.create_connection(("127.0.0.1", federation.port)) as raw, \
+        with socket.create_connection(("127.0.0.1", federation.fleet_port)) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             tls_version = tls.version()
-        with socket.create_connection(("127.0.0.1", federation.port), timeout=5) as raw:
-            raw.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", federation.fleet_port), timeout=5) as raw:
+            raw.sendall(b"POST /v1/fleet/get-run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
             try:
                 plain_answer = raw.recv(100)
             except ConnectionResetError:
@@ -186,7 +254,9 @@ def test_an_unregistered_supernode_is_refused_and_never_receives_a_task(faulty_r
     assert "Receiving" not in rogue.log_text() and "clientapp" not in rogue.log_text()
     assert "No SuperNode found with the given public key" in faulty_run["superlink_log"]
     assert sorted(faulty_run["registered"]) == sorted(faulty_run["ids"].values())
-    assert faulty_run["tls_version"] in ("TLSv1.2", "TLSv1.3") and not faulty_run["plain_answer"].startswith(b"HTTP/")
+    assert faulty_run["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    plain = faulty_run["plain_answer"]  # nothing is served in clear text: nginx refuses it (or closes)
+    assert plain == b"" or plain.startswith(b"HTTP/1.1 400"), plain
 
 
 def test_a_lost_video_in_a_site_list_is_skipped_counted_and_the_round_completes(faulty_run):
@@ -198,10 +268,10 @@ def test_a_lost_video_in_a_site_list_is_skipped_counted_and_the_round_completes(
 
 def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_last_round(deployment, tmp_path):
     out = tmp_path / "run"
-    config = run_config(deployment, out, min_nodes=2, central_eval_every=0)
     with Federation(str(tmp_path / "federation"), deployment["tls"]) as federation:
         federation.start_superlink(auth=True)
-        ids = start_sites(federation, deployment, deployment["lists"])
+        ids, sizes = start_sites(federation, deployment, deployment["lists"])
+        config = run_config(deployment, out, min_nodes=2, central_eval_every=0, site_sizes=sizes)
         kill_on(federation, "site1", "Receiving: train message(.|\n)*Receiving: train message")  # in round 2
         federation.run(APP_ROOT, config, timeout=400)
         run_log_path = os.path.join(federation.logs, "flwr-run.log")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from helpers import aimfl, tiny_overrides
+from helpers import TINY, aimfl, tiny_overrides
 from safetensors.torch import load_file
 
 from aim_core.config import load_config
@@ -29,7 +29,7 @@ RANDOM_LAYERS = ("model.head_dropout=0.5", "model.drop_path_rate=0.1")
 
 
 def run_config(world, parts, out, nodes, **values):
-    config = {"config": "synthetic", "overrides": " ".join(tiny_overrides(world, out, *RANDOM_LAYERS)),
+    config = {"config": TINY, "overrides": " ".join(tiny_overrides(world, out, *RANDOM_LAYERS)),
               "partition-dir": str(parts), "out-dir": str(out), "min-nodes": nodes, "num-server-rounds": 2,
               "batch-size": 8, "lr": 3e-3, "warmup-rounds": 1, "local-val-fraction": 0.2, "round-timeout": 120}
     config.update({key.replace("_", "-"): value for key, value in values.items()})
@@ -88,7 +88,7 @@ def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synth
     assert "round 2: 3 accepted, 0 rejected" in log
 
     # the final state is a centralized-format checkpoint: `aimfl eval` uses it as it is
-    result = aimfl("eval", "synthetic", *tiny_overrides(synthetic_world, out), "--checkpoint",
+    result = aimfl("eval", TINY, *tiny_overrides(synthetic_world, out), "--checkpoint",
                    str(out / "final.safetensors"), "--out", str(tmp_path / "eval"))
     assert json.loads(result.stdout)["videos"] == 10
 
@@ -113,7 +113,7 @@ def test_client_replies_carry_only_the_trainable_state_and_scalar_metrics(synthe
     assert set(reply.content.keys()) == {"arrays", "metrics"}
     assert list(reply.content["arrays"].keys()) == trainable_names(model)
     metrics = dict(reply.content["metrics"])
-    assert set(metrics) == {"train-loss", "num-examples", "skipped-videos", "train-seconds"}
+    assert set(metrics) == {"train-loss", "num-examples", "skipped-videos", "train-seconds", "partition-id"}
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["num-examples"] == 8  # 10 videos, 2 held out for local evaluation
     sent = trainable_state(model)
@@ -176,7 +176,7 @@ def test_nan_missing_key_and_raising_clients_are_rejected_and_the_run_completes(
 def test_fedavg_with_one_client_equals_centralized_training(synthetic_world, partitions, tmp_path):
     overrides = [*tiny_overrides(synthetic_world, tmp_path / "central", *RANDOM_LAYERS), "schedule.epochs=2",
                  "schedule.warmup_epochs=0"]
-    aimfl("train", "synthetic", *overrides)
+    aimfl("train", TINY, *overrides)
     out = tmp_path / "federated"
     config = run_config(synthetic_world, partitions / "one", out, 1, num_server_rounds=1, local_epochs=2,
                         warmup_rounds=0, local_val_fraction=0.0, client_eval_every=0)
@@ -184,7 +184,7 @@ def test_fedavg_with_one_client_equals_centralized_training(synthetic_world, par
     central = load_file(tmp_path / "central" / "final.safetensors")
     federated = load_file(out / "final.safetensors")
     assert central.keys() == federated.keys()
-    initial = trainable_state(build_model(load_config("synthetic", overrides).model))
+    initial = trainable_state(build_model(load_config(TINY, overrides).model))
     for key in central:
         torch.testing.assert_close(federated[key], central[key], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(central[k], initial[k]) for k in central)  # it did train

@@ -1,16 +1,19 @@
 """The federated update format and the server's reply checks."""
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from aim_core.federated.settings import FederatedSettings, default_run_config
+from aim_core.config import ConfigError, load_config
+from aim_core.federated.settings import FederatedSettings, default_run_config, experiment_config
 from aim_core.federated.wire import decode_state, encode_state, payload_bytes, update_problem
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import count_parameters, trainable_state
+from server.client_sizes import ClientSizes
 from server.strategy import RoundIncomplete, ValidatedRounds, build_strategy, senders
 
 
@@ -38,36 +41,144 @@ def test_bf16_states_are_cast_for_the_wire(state):
 
 
 def test_a_good_reply_passes_and_bad_ones_are_named(state):
-    expected = {k: tuple(v.shape) for k, v in state.items()}
+    sent = {k: v.numpy() for k, v in state.items()}
     good = encode_state(state, "fp32")
-    assert update_problem(good, expected, "fp32", 10, sent=state, max_update_norm=1.0) is None
+    assert update_problem(good, sent, "fp32", 1.0) == (None, 0.0)
 
     nan = {k: v.clone() for k, v in state.items()}
     nan["head.fc.bias"][0] = float("nan")
-    assert "non-finite" in update_problem(encode_state(nan, "fp32"), expected, "fp32", 10)
+    assert "non-finite" in update_problem(encode_state(nan, "fp32"), sent, "fp32", 1.0)[0]
 
     missing = {k: v for k, v in state.items() if k != "norm.weight"}
-    assert "1 missing ['norm.weight']" in update_problem(encode_state(missing, "fp32"), expected, "fp32", 10)
+    assert "1 missing ['norm.weight']" in update_problem(encode_state(missing, "fp32"), sent, "fp32", 1.0)[0]
 
     extra = ArrayRecord({**{k: v for k, v in state.items()}, "stem.vit.pos_embed": torch.zeros(3)})
-    assert "unexpected ['stem.vit.pos_embed']" in update_problem(extra, expected, "fp32", 10)
+    assert "unexpected ['stem.vit.pos_embed']" in update_problem(extra, sent, "fp32", 1.0)[0]
 
     wrong_shape = {**state, "head.fc.bias": torch.zeros(7)}
-    assert "head.fc.bias: shape (7,)" in update_problem(encode_state(wrong_shape, "fp32"), expected, "fp32", 10)
-
-    assert "dtype float16" in update_problem(encode_state(state, "fp16"), expected, "fp32", 10)
-    for bad in (0, -3, None, "10", True):
-        assert "num-examples" in update_problem(good, expected, "fp32", bad)
+    assert "head.fc.bias: shape (7,)" in update_problem(encode_state(wrong_shape, "fp32"), sent, "fp32", 1.0)[0]
+    assert "dtype float16" in update_problem(encode_state(state, "fp16"), sent, "fp32", 1.0)[0]
 
     far = {k: v + 1.0 for k, v in state.items()}
-    problem = update_problem(encode_state(far, "fp32"), expected, "fp32", 10, sent=state, max_update_norm=5.0)
+    problem, norm = update_problem(encode_state(far, "fp32"), sent, "fp32", 5.0)
     n = sum(v.numel() for v in state.values())
-    assert f"update norm {np.sqrt(n):.4g} exceeds" in problem
+    assert norm == pytest.approx(np.sqrt(n)) and f"update norm {np.sqrt(n):.4g} exceeds" in problem
+
+
+def test_an_update_of_1e30_is_rejected_in_float64(state):
+    """Squared in float32, 1e30 overflows to inf; the norm is summed in float64 and bounded."""
+    sent = {k: v.numpy() for k, v in state.items()}
+    huge = {k: v.clone() for k, v in state.items()}
+    huge["head.fc.bias"][0] = 1e30
+    problem, norm = update_problem(encode_state(huge, "fp32"), sent, "fp32", 1e6)
+    assert norm == pytest.approx(1e30, rel=1e-6) and "exceeds the bound" in problem
+
+
+def test_an_oversized_or_lying_reply_is_rejected_before_it_is_decoded(state, monkeypatch):
+    sent = {k: v.numpy() for k, v in state.items()}
+    decoded = []
+    monkeypatch.setattr(Array, "numpy", lambda self: decoded.append(1) or pytest.fail("a bad reply was decoded"))
+    record = encode_state(state, "fp32")
+    big = np.zeros(50_000_000, dtype=np.float32)  # 200 MB under a key of 10 values
+    record["head.fc.bias"] = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=big.tobytes())
+    problem, _ = update_problem(record, sent, "fp32", 1.0)
+    assert problem == "head.fc.bias: 200,000,000 bytes for 5 values of float32"
+    assert decoded == []
+
+
+# ---------------------------------------------------------------- the server sets the weights
+
+
+@pytest.fixture
+def rounds(tiny_cfg, tmp_path, state, monkeypatch):
+    """A server's checks for 3 simulated partitions of 10, 20 and 30 videos (no held-out videos)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp has when it makes messages
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    for partition, videos in enumerate((10, 20, 30)):
+        (tmp_path / f"client_{partition:03d}.txt").write_text("".join(f"v{i}.mp4 0\n" for i in range(videos)))
+    settings = FederatedSettings.from_run_config({
+        **default_run_config(), "config": "tiny_clip", "min-nodes": 1, "partition-dir": str(tmp_path),
+        "local-val-fraction": 0.0, "client-eval-every": 0, "batch-size": 2, "lr": 1e-3})
+    cfg = experiment_config(settings)
+    params = sum(v.numel() for v in state.values())
+    return ValidatedRounds(build_strategy(settings), settings, ClientSizes(settings, cfg, params))
+
+
+def train_replies(state, clients):
+    """Instructions to nodes 1..n and their replies; `clients` holds (partition, num-examples, state) per node."""
+    instructions, replies = [], []
+    for node, (partition, examples, reply_state) in enumerate(clients, start=1):
+        instruction = Message(RecordDict({"arrays": encode_state(state, "fp32")}), dst_node_id=node,
+                              message_type="train")
+        instruction.metadata._message_id = f"instruction-{node}"  # as the grid sets it when it sends the message
+        instructions.append(instruction)
+        replies.append(Message(RecordDict({"arrays": encode_state(reply_state, "fp32"), "metrics": MetricRecord({
+            "train-loss": 1.0, "num-examples": examples, "skipped-videos": 0, "train-seconds": 1.0,
+            "partition-id": partition})}), reply_to=instruction))
+    return instructions, replies
+
+
+def moved(state, by):
+    return {k: v + by for k, v in state.items()}
+
+
+def test_the_server_weights_updates_by_the_videos_it_knows_not_by_the_claims(rounds, state):
+    honest = [(0, 10, moved(state, 1e-4)), (1, 20, moved(state, 2e-4)), (2, 30, moved(state, 4e-4))]
+    outcome = rounds.aggregate_train(1, encode_state(state, "fp32"), *train_replies(state, honest))
+    assert outcome.accepted == 3 and not outcome.rejected
+    result = decode_state(outcome.arrays)
+    expected = (10 * 1e-4 + 20 * 2e-4 + 30 * 4e-4) / 60  # weights 10, 20, 30: the partition lists
+    for key in state:
+        torch.testing.assert_close(result[key] - state[key], torch.full_like(state[key], expected), atol=1e-7,
+                                   rtol=1e-4)
+
+
+@pytest.mark.parametrize("claimed", [1e12, 1e308, 1_000_000])
+def test_a_client_claiming_more_examples_than_it_has_is_rejected(rounds, state, claimed):
+    clients = [(0, 10, moved(state, 1e-4)), (1, claimed, moved(state, 1e-3)), (2, claimed, state)]
+    outcome = rounds.aggregate_train(1, encode_state(state, "fp32"), *train_replies(state, clients))
+    assert outcome.accepted == 1
+    assert all("but client" in r["reason"] and "training videos" in r["reason"] for r in outcome.rejected)
+    result = decode_state(outcome.arrays)
+    for key in state:  # the honest client's update, undiluted
+        torch.testing.assert_close(result[key], state[key] + 1e-4, atol=1e-7, rtol=1e-5)
+
+
+def test_a_free_rider_counts_by_its_own_size_only(rounds, state):
+    """A client that sends the state unchanged with the right count is a client with 10 videos, no more."""
+    clients = [(0, 10, state), (2, 30, moved(state, 4e-4))]
+    outcome = rounds.aggregate_train(1, encode_state(state, "fp32"), *train_replies(state, clients))
+    assert outcome.accepted == 2
+    for key, value in decode_state(outcome.arrays).items():
+        torch.testing.assert_close(value - state[key], torch.full_like(value, 4e-4 * 30 / 40), atol=1e-7, rtol=1e-4)
+
+
+def test_a_partition_answers_once_and_an_unknown_one_not_at_all(rounds, state):
+    clients = [(0, 10, moved(state, 1e-4)), (0, 10, moved(state, 1e-4)), (7, 10, moved(state, 1e-4))]
+    outcome = rounds.aggregate_train(1, encode_state(state, "fp32"), *train_replies(state, clients))
+    reasons = sorted(r["reason"] for r in outcome.rejected)
+    assert outcome.accepted == 1 and "already answered this round (node 1)" in reasons[0]
+    assert "partition-id 7 is not one of the 3 partitions" in reasons[1]
+
+
+def test_the_update_bound_follows_the_clients_adamw_updates(rounds, state):
+    """Partition 0: 10 videos at batch 2 = 5 updates at lr 1e-3, so an honest update stays below
+    5 x 1e-3 x (3.2 sqrt(P) + 0.05 ||w||)."""
+    params = sum(v.numel() for v in state.values())
+    norm = float(np.sqrt(sum(float((v.double() ** 2).sum()) for v in state.values())))
+    bound = 5 * 1e-3 * (3.2 * np.sqrt(params) + 0.05 * norm)
+    assert rounds.sizes.max_update_norm(0, norm) == pytest.approx(bound)
+    step = bound * 1.01 / np.sqrt(params)  # every parameter moved by the same amount: norm = 1.01 x bound
+    outcome = rounds.aggregate_train(1, encode_state(state, "fp32"),
+                                     *train_replies(state, [(0, 10, moved(state, step))]))
+    assert outcome.accepted == 0 and "exceeds the bound" in outcome.rejected[0]["reason"]
 
 
 def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying():
     settings = FederatedSettings.from_run_config({**default_run_config(), "min-nodes": 2})
-    rounds = ValidatedRounds(build_strategy(settings), settings)
+    rounds = ValidatedRounds(build_strategy(settings), settings, sizes=None)
 
     def message(message_id, src, dst, reply_to=""):
         return SimpleNamespace(metadata=SimpleNamespace(message_id=message_id, src_node_id=src, dst_node_id=dst,
@@ -79,3 +190,60 @@ def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying(
     assert replies == [(11, from_a), (22, superlink_for_b)]
     with pytest.raises(RoundIncomplete, match="1 of the 2 sampled nodes replied.*node\\(s\\) 22 did not"):
         rounds.check_replied(1, [11, 22], replies)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num-server-rounds", -3, "num-server-rounds=-3 is out of range"),
+    ("num-server-rounds", 2.5, "num-server-rounds=2.5 is not an int"),
+    ("min-nodes", -1, "min-nodes=-1 is out of range"),
+    ("min-nodes", 0, "min-nodes=0 is out of range"),
+    ("fraction-train", 5.0, "fraction-train=5.0 is out of range"),
+    ("fraction-train", 0.0, "fraction-train=0.0 is out of range"),
+    ("fraction-evaluate", -0.5, "fraction-evaluate=-0.5 is out of range"),
+    ("lr", float("nan"), "lr=nan is out of range"),
+    ("lr", 0.0, "lr=0.0 is out of range"),
+    ("lr", "abc", "lr='abc' is not a float"),
+    ("update-norm-factor", -1.0, "update-norm-factor=-1.0 is out of range"),
+    ("update-norm-factor", float("inf"), "update-norm-factor=inf is out of range"),
+    ("local-epochs", 0, "local-epochs=0 is out of range"),
+    ("batch-size", 0, "batch-size=0 is out of range"),
+    ("strategy", "fedfoo", "strategy='fedfoo' is out of range: expected one of fedavg"),
+    ("weighting", "num-examples", "weighting='num-examples' is out of range: expected one of videos, uniform"),
+    ("beta-1", 1.5, "beta-1=1.5 is out of range"),
+    ("beta-2", -0.1, "beta-2=-0.1 is out of range"),
+    ("tau", 0.0, "tau=0.0 is out of range"),
+    ("server-lr", -0.01, "server-lr=-0.01 is out of range"),
+    ("proximal-mu", -1.0, "proximal-mu=-1.0 is out of range"),
+    ("trimmed-beta", 0.6, "trimmed-beta=0.6 is out of range"),
+    ("dp-noise-multiplier", -1.0, "dp-noise-multiplier=-1.0 is out of range"),
+    ("dp-clipping-norm", 0.0, "dp-clipping-norm=0.0 is out of range"),
+    ("dp-target-delta", 0.0, "dp-target-delta=0.0 is out of range"),
+    ("round-timeout", 0, "round-timeout=0.0 is out of range"),
+    ("local-val-fraction", 1.0, "local-val-fraction=1.0 is out of range"),
+    ("update-dtype", "bf16", "update-dtype='bf16' is out of range"),
+    ("warmup-rounds", 11, "warmup-rounds=11 exceeds num-server-rounds=10"),
+    ("min-valid-replies", 3, "min-valid-replies=3 exceeds min-nodes=2"),
+    ("central-eval-every", -1, "central-eval-every=-1 is out of range"),
+    ("resume", "yes", "resume='yes' is not a bool"),
+    ("seed", -5, "seed=-5 is out of range"),
+])
+def test_every_run_config_value_is_checked_and_named(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        FederatedSettings.from_run_config({**default_run_config(), key: value})
+
+
+def test_a_deployed_site_takes_only_the_schedule_and_variant_from_the_run(tmp_path):
+    """`config=/etc/passwd` is never read on a site; `data.num_workers=64` from the run is ignored."""
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("model:\n  variant: spatial\n")
+    run = {**default_run_config(), "config": "tiny_clip",
+           "overrides": "data.num_workers=64 schedule.label_smoothing=0.1 model.variant=temporal "
+                        f"data.root={tmp_path} model.backbone.checkpoint=/etc/passwd"}
+    cfg = experiment_config(FederatedSettings.from_run_config(run), site=True)
+    assert cfg.data.num_workers == load_config("tiny_clip").data.num_workers
+    assert cfg.data.root == "" and cfg.model.backbone.checkpoint is None
+    assert cfg.schedule.label_smoothing == 0.1 and cfg.model.variant == "temporal"
+    with pytest.raises(ConfigError, match="only the name of a config"):
+        experiment_config(FederatedSettings.from_run_config({**run, "config": str(secret)}), site=True)
+    assert experiment_config(FederatedSettings.from_run_config({**run, "config": str(secret)})).model.variant == \
+        "temporal"  # the operator's own machine (simulation, the server) reads a path

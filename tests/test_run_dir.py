@@ -4,7 +4,7 @@ files of an interrupted save are gone at the next start."""
 import json
 
 import pytest
-from helpers import tiny_overrides
+from helpers import TINY, tiny_overrides
 
 from aim_core.engine.run_dir import RunDirError, open_run_dir
 from aimfl import cli
@@ -47,7 +47,7 @@ def test_train_refuses_an_existing_run_and_overwrite_replaces_it_without_mixing_
                                                                                        capsys):
     out = tmp_path / "run"
     one_epoch = tiny_overrides(synthetic_world, out, "schedule.epochs=1", "schedule.warmup_epochs=0")
-    args = ["train", "synthetic", *one_epoch]
+    args = ["train", TINY, *one_epoch]
     assert cli.main(args) == 0
     capsys.readouterr()
     assert cli.main(args) == 2
@@ -59,7 +59,7 @@ def test_train_refuses_an_existing_run_and_overwrite_replaces_it_without_mixing_
 
 def test_a_missing_training_list_fails_before_anything_is_written(synthetic_world, tmp_path, capsys):
     out = tmp_path / "never"
-    assert cli.main(["train", "synthetic", *tiny_overrides(synthetic_world, out),
+    assert cli.main(["train", TINY, *tiny_overrides(synthetic_world, out),
                      f"data.train_list={tmp_path}/nowhere.txt"]) == 2
     assert "nowhere.txt does not exist" in capsys.readouterr().err
     assert not out.exists()

@@ -2,6 +2,7 @@
 
 import ipaddress
 import os
+import re
 import stat
 import zlib
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
-from helpers import save_tiny_backbone, tiny_overrides
+from helpers import TINY, save_tiny_backbone, tiny_overrides
 
 from aim_core.federated.local import SiteConfigError, client_setup
 from aim_core.federated.settings import FederatedSettings, default_run_config
@@ -26,7 +27,7 @@ from client.client_app import errors_stay_on_site
 def site(synthetic_world, tmp_path):
     weights = save_tiny_backbone(synthetic_world, tmp_path / "backbone.pth")
     settings = FederatedSettings.from_run_config({
-        **default_run_config(), "overrides": " ".join(tiny_overrides(synthetic_world, str(tmp_path))),
+        **default_run_config(), "config": TINY, "overrides": " ".join(tiny_overrides(synthetic_world, str(tmp_path))),
         "local-val-fraction": 0.2})
     node_config = {"list-file": str(synthetic_world / "train.txt"), "video-root": str(synthetic_world),
                    "backbone-weights": str(weights)}
@@ -120,7 +121,8 @@ def test_the_superlink_certificate_is_signed_by_the_ca_for_the_named_hosts(tmp_p
     server.verify_directly_issued_by(ca)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
-    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
+    # localhost: the SuperLink on the operator's loopback, behind the Fleet-only proxy
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org", "localhost"]
     key = load_pem_private_key(Path(paths["server.key"]).read_bytes(), password=None)
     assert key.public_key().public_numbers() == server.public_key().public_numbers()
     assert all(stat.S_IMODE(os.stat(paths[name]).st_mode) == 0o600 for name in ("ca.key", "server.key"))
@@ -150,3 +152,33 @@ def test_flower_programs_are_found_beside_the_interpreter_before_path(tmp_path, 
     with pytest.raises(ProgramNotFoundError) as raised:
         find_program("flower-nonexistent")
     assert interpreter_bin() in str(raised.value) and str(tmp_path) in str(raised.value)
+
+
+def test_the_proxy_forwards_exactly_the_routes_a_supernode_calls():
+    """FLEET_ROUTES against the paths flwr's own SuperNode client posts to: a new route in a new flwr is named."""
+    import re
+
+    import flwr.supernode.fleet_http_client as client
+
+    from aimfl.deployment import FLEET_ROUTES
+
+    with open(client.__file__) as f:
+        called = set(re.findall(r'path="/v1/fleet/([a-z-]+)"', f.read()))
+    assert called == set(FLEET_ROUTES)
+
+
+def test_make_proxy_config_writes_an_nginx_config_that_serves_the_fleet_api_only(tmp_path, capsys):
+    from aimfl import cli
+    from aimfl.deployment import FLEET_ROUTES
+
+    make_tls_certificates(str(tmp_path / "pki"), ["superlink.example.org"])
+    assert cli.main(["make-proxy-config", "--tls", str(tmp_path / "pki"), "--workdir", str(tmp_path / "proxy"),
+                     "--listen", "0.0.0.0:9092", "--superlink-port", "9093"]) == 0
+    config = (tmp_path / "proxy" / "nginx.conf").read_text()
+    locations = re.findall(r"location (.*?) \{", config)
+    assert locations == [f"~ ^/v1/fleet/({'|'.join(FLEET_ROUTES)})$", "/"]
+    assert "return 403;" in config and "limit_except POST" in config
+    assert "listen 0.0.0.0:9092 ssl;" in config and "proxy_pass https://127.0.0.1:9093;" in config
+    assert "proxy_ssl_verify on;" in config
+    assert cli.main(["make-proxy-config", "--tls", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "p2")]) == 2
+    assert "make them with aimfl make-certs" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from helpers import aimfl, tiny_overrides
+from helpers import TINY, aimfl, tiny_overrides
 from safetensors.torch import load_file
 
 from aim_core.engine.checkpoint import load_training_state
@@ -23,7 +23,7 @@ from aimfl.processes import find_program
 def trained_run(synthetic_world, tmp_path_factory):
     """An uninterrupted 3-epoch run (the reference for the resume and DDP tests)."""
     out = tmp_path_factory.mktemp("run_full")
-    aimfl("train", "synthetic", *tiny_overrides(synthetic_world, out))
+    aimfl("train", TINY, *tiny_overrides(synthetic_world, out))
     return out
 
 
@@ -45,7 +45,7 @@ def test_a_run_writes_final_json_checkpoints_and_reports(trained_run):
 @pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_weights(synthetic_world, trained_run, tmp_path):
     out = tmp_path / "run_killed"
-    cmd = [sys.executable, "-m", "aimfl", "train", "synthetic", *tiny_overrides(synthetic_world, out)]
+    cmd = [sys.executable, "-m", "aimfl", "train", TINY, *tiny_overrides(synthetic_world, out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "checkpoints" / "last.pt"
     deadline = time.time() + 300
@@ -59,7 +59,7 @@ def test_kill_and_resume_reaches_the_same_weights(synthetic_world, trained_run, 
     interrupted_at = load_training_state(last)["epoch"]
     assert 1 <= interrupted_at < 3
 
-    resumed = aimfl("train", "synthetic", *tiny_overrides(synthetic_world, out, "resume=auto"))
+    resumed = aimfl("train", TINY, *tiny_overrides(synthetic_world, out, "resume=auto"))
     assert f"resumed from {last} after epoch {interrupted_at}" in resumed.stdout
     reference, result = load_file(trained_run / "final.safetensors"), load_file(out / "final.safetensors")
     assert reference.keys() == result.keys()
@@ -73,7 +73,7 @@ def test_kill_and_resume_reaches_the_same_weights(synthetic_world, trained_run, 
 def test_ddp_two_gloo_ranks_match_one_process(synthetic_world, trained_run, tmp_path):
     """2 ranks x batch 4 (DDP, gloo) against 1 process x batch 8: the same total batch of the same clips."""
     out = tmp_path / "run_ddp"
-    cmd = [find_program("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aimfl", "train", "synthetic",
+    cmd = [find_program("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "aimfl", "train", TINY,
            *tiny_overrides(synthetic_world, out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     final = json.loads((out / "final.json").read_text())
@@ -86,7 +86,7 @@ def test_ddp_two_gloo_ranks_match_one_process(synthetic_world, trained_run, tmp_
 @pytest.mark.slow
 def test_eval_cli_writes_per_class_csv_and_confusion_png(synthetic_world, trained_run, tmp_path):
     out = tmp_path / "eval"
-    result = aimfl("eval", "synthetic", *tiny_overrides(synthetic_world, trained_run),
+    result = aimfl("eval", TINY, *tiny_overrides(synthetic_world, trained_run),
                    "--checkpoint", str(trained_run / "final.safetensors"), "--out", str(out))
     summary = json.loads(result.stdout)
     final = json.loads((trained_run / "final.json").read_text())
@@ -176,7 +176,7 @@ def test_training_loader_workers_see_each_new_epoch(tiny_cfg, synthetic_world):
     from aim_core.data.video import build_dataset
     from aim_core.engine.loaders import make_loader
 
-    cfg = tiny_cfg("synthetic", *tiny_overrides(synthetic_world, "unused"))
+    cfg = tiny_cfg(TINY, *tiny_overrides(synthetic_world, "unused"))
     dataset = build_dataset(cfg, "train")
     loader, sampler = make_loader(dataset, 6, train=True, rank=0, world=1, seed=0, workers=2)
     seen = []

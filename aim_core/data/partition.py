@@ -25,6 +25,10 @@ from aim_core.data.annotations import VideoRecord, write_path_label_list
 SCHEMES = ("iid", "dirichlet", "pathological", "natural")
 
 
+class PartitionError(ValueError):
+    """A split that cannot be made as asked (the scheme, the client count, the class count)."""
+
+
 def covering_pathological_partitioner(clients: int, classes_per_client: int, seed: int):
     """flwr-datasets' PathologicalPartitioner with a class assignment that leaves no class out.
 
@@ -40,12 +44,12 @@ def covering_pathological_partitioner(clients: int, classes_per_client: int, see
             self._unique_labels = sorted(self.dataset.unique(self._partition_by))
             num_classes = len(self._unique_labels)
             if self._num_partitions * self._num_classes_per_partition < num_classes:
-                raise ValueError(
+                raise PartitionError(
                     f"{self._num_partitions} clients x {self._num_classes_per_partition} classes cannot cover "
                     f"{num_classes} classes; raise --clients or --classes-per-client"
                 )
             if self._num_classes_per_partition > num_classes:
-                raise ValueError(f"--classes-per-client={self._num_classes_per_partition} > {num_classes} classes")
+                raise PartitionError(f"--classes-per-client={self._num_classes_per_partition} > {num_classes} classes")
             order = np.random.default_rng(seed).permutation(num_classes)
             k = self._num_classes_per_partition
             for pid in range(self._num_partitions):
@@ -77,11 +81,11 @@ def partition_indices(
     table = {"idx": list(range(len(records))), "label": [r.label for r in records]}
     if scheme == "natural":
         if any(r.group is None for r in records):
-            raise ValueError("the natural scheme needs a group column (path label group) on every line")
+            raise PartitionError("the natural scheme needs a group column (path label group) on every line")
         table["group"] = [r.group for r in records]
     dataset = Dataset.from_dict(table)
     if scheme != "natural" and not clients:
-        raise ValueError(f"--clients is required for the {scheme} scheme")
+        raise PartitionError(f"--clients is required for the {scheme} scheme")
     if scheme == "iid":
         dataset = dataset.shuffle(seed=seed)  # IidPartitioner shards contiguously
         partitioner = IidPartitioner(num_partitions=clients)
@@ -93,17 +97,17 @@ def partition_indices(
     elif scheme == "natural":
         partitioner = NaturalIdPartitioner(partition_by="group")
     else:
-        raise ValueError(f"scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        raise PartitionError(f"scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     partitioner.dataset = dataset
     if scheme == "natural" and clients and clients != partitioner.num_partitions:
-        raise ValueError(f"the list has {partitioner.num_partitions} groups but --clients={clients}")
+        raise PartitionError(f"the list has {partitioner.num_partitions} groups but --clients={clients}")
     parts = [sorted(partitioner.load_partition(i)["idx"]) for i in range(partitioner.num_partitions)]
 
     covered = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if parts else np.array([])
     if len(covered) != len(set(covered.tolist())):
         raise RuntimeError("partitions overlap")
     if len(covered) != len(records):
-        raise ValueError(
+        raise PartitionError(
             f"the {scheme} split leaves {len(records) - len(covered)} of {len(records)} samples without a client "
             "(use fewer clients or, with a Dirichlet split, a smaller --min-size)"
         )

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from aim_core.config import ConfigError
+
 # (name, the class whose frames it reverses, or None)
 CLASSES = [
     ("moving_right", None),
@@ -172,7 +174,7 @@ def make_synthetic(
     from tqdm import tqdm
 
     if size % 2 or size < 32:
-        raise ValueError(f"frame size must be even and at least 32, got {size}")
+        raise ConfigError(f"--size {size}: the frame size must be even and at least 32")
     jobs, lists = [], {}
     for split_id, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class))):
         rng = np.random.default_rng([seed, split_id])

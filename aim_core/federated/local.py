@@ -32,15 +32,28 @@ class ClientData:
     root: str  # the folder the list's paths are relative to
     stream: int  # the client's index for seeding its epochs: its partition id, or a checksum of its list
     source: str  # the list file, for messages
+    partition: int  # the simulated partition, or -1 on a deployed site (the server knows sites by node id)
+
+
+def held_out_count(videos: int, fraction: float) -> int:
+    """How many of a client's `videos` are held out for local evaluation: at least one each side when fraction > 0.
+    The server derives each client's training count from it too."""
+    return min(max(1, round(fraction * videos)), videos - 1) if fraction else 0
+
+
+def local_updates(train_videos: int, cfg, local_epochs: int) -> int:
+    """The optimiser updates a client makes in a round of `local_epochs` epochs over `train_videos` (the loader
+    drops the last incomplete batch): the server bounds each update by them."""
+    sched = cfg.schedule
+    return local_epochs * ((train_videos // (sched.batch_size // sched.accumulation_steps)) // sched.accumulation_steps)
 
 
 def hold_out(records: list[VideoRecord], fraction: float, seed: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    """A seeded (train, val) split of a client's list; at least one video each side when fraction > 0."""
+    """A seeded (train, val) split of a client's list (`held_out_count` videos held out)."""
     if not fraction:
         return records, []
     order = np.random.default_rng([seed, len(records)]).permutation(len(records))
-    count = min(max(1, round(fraction * len(records))), len(records) - 1)
-    val = set(order[:count].tolist())
+    val = set(order[:held_out_count(len(records), fraction)].tolist())
     return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
 
 
@@ -62,7 +75,7 @@ SITE_KEYS = {
     "backbone-weights": "the frozen backbone's weights, pre-staged on the site",
 }
 SITE_EXAMPLE = ("--node-config 'list-file=\"/data/site0/train.txt\" video-root=\"/data/site0/videos\" "
-                "backbone-weights=\"/weights/backbone.pth\"'")
+                "backbone-weights=\"/weights/backbone.pth\" num-workers=4'")
 
 
 def site_paths(node_config: dict) -> dict[str, str]:
@@ -88,16 +101,20 @@ def client_setup(node_config: dict, settings: FederatedSettings):
     """The experiment config and the videos of this client: a deployed site or a simulated partition.
 
     Deployment (`list-file` in the node config): the site's own list, video root and backbone
-    weights, so nothing but code comes with the app. Its epochs are seeded by a checksum of its
-    list: node ids are drawn anew at each registration, the list is the site's. Simulation
-    (`partition-id`, set by the engine): `client_{partition-id:03d}.txt` in `partition-dir`, under
-    the config's data root.
+    weights (and `num-workers`, optionally), so nothing but code comes with the app, and the run may
+    change only its schedule and model variant (`experiment_config(site=True)`). Its epochs are
+    seeded by a checksum of its list: node ids are drawn anew at each registration, the list is the
+    site's. Simulation (`partition-id`, set by the engine): `client_{partition-id:03d}.txt` in
+    `partition-dir`, under the config's data root.
     """
-    cfg = experiment_config(settings)
-    if "list-file" in node_config or "partition-id" not in node_config:
+    deployed = "list-file" in node_config or "partition-id" not in node_config
+    cfg = experiment_config(settings, site=deployed)
+    if deployed:
         site = site_paths(node_config)
         cfg.model.backbone.checkpoint, cfg.model.backbone.pretrained = site["backbone-weights"], None
-        path, root = site["list-file"], site["video-root"]
+        if "num-workers" in node_config:
+            cfg.data.num_workers = int(node_config["num-workers"])
+        path, root, partition = site["list-file"], site["video-root"], -1
         with open(path, "rb") as f:
             stream = zlib.crc32(f.read())
     else:
@@ -110,7 +127,7 @@ def client_setup(node_config: dict, settings: FederatedSettings):
                                     f"the run config")
     records = read_annotations(path, "list", num_classes=cfg.data.num_classes)
     train, val = hold_out(records, settings.local_val_fraction, settings.seed)
-    return cfg, ClientData(train, val, root, stream, path)
+    return cfg, ClientData(train, val, root, stream, path, partition)
 
 
 def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int, local_epochs: int,
@@ -121,7 +138,7 @@ def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int
     dataset = video_dataset(cfg, data.train, data.root, train=True)
     per_batch = sched.batch_size // sched.accumulation_steps
     loader, _ = make_loader(dataset, per_batch, True, 0, 1, cfg.seed, cfg.data.num_workers)
-    updates_per_epoch = len(loader) // sched.accumulation_steps
+    updates_per_epoch = local_updates(len(dataset), cfg, local_epochs=1)
     if updates_per_epoch == 0:
         raise ValueError(f"{data.source}: {len(dataset)} training videos make no optimiser update at batch size "
                          f"{sched.batch_size}; give this client more videos or lower batch-size")
@@ -137,4 +154,4 @@ def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int
         clips += stats["clips"]
         skipped += stats["skipped"]
     return {"train-loss": loss / max(clips, 1), "num-examples": len(dataset), "skipped-videos": skipped,
-            "train-seconds": time.time() - started}
+            "train-seconds": time.time() - started, "partition-id": data.partition}

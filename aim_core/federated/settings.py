@@ -7,6 +7,7 @@ there and only there); `experiment_config` is the aimfl config they select and a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import tomllib
@@ -17,6 +18,48 @@ from aim_core.federated.wire import UPDATE_DTYPES
 
 # the Flower app: pyproject.toml and the packages it ships
 APP_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _choice(*options):
+    return f"one of {', '.join(options)}", lambda v: v in options
+
+
+def _between(low, high):
+    return f"a value in [{low}, {high}]", lambda v: low <= v <= high
+
+
+# (run-config key, what it must be, the check) for every number and choice of the run config
+SETTINGS_RANGES = [
+    ("num-server-rounds", *_between(1, 100_000)),
+    ("stop-after-round", *_between(0, 100_000)),
+    ("local-epochs", *_between(1, 10_000)),
+    ("lr", "a number above 0", lambda v: v > 0),
+    ("warmup-rounds", *_between(0, 100_000)),
+    ("batch-size", *_between(1, 1_000_000)),
+    ("strategy", *_choice("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")),
+    ("proximal-mu", "a number of at least 0", lambda v: v >= 0),
+    ("server-lr", "a number above 0", lambda v: v > 0),
+    ("beta-1", "a number in [0, 1)", lambda v: 0 <= v < 1),
+    ("beta-2", "a number in [0, 1)", lambda v: 0 <= v < 1),
+    ("tau", "a number above 0", lambda v: v > 0),
+    ("trimmed-beta", "a number in [0, 0.5)", lambda v: 0 <= v < 0.5),
+    ("krum-malicious-nodes", *_between(0, 100_000)),
+    ("dp-noise-multiplier", "a number of at least 0", lambda v: v >= 0),
+    ("dp-clipping-norm", "a number above 0", lambda v: v > 0),
+    ("dp-target-delta", "a number in (0, 1)", lambda v: 0 < v < 1),
+    ("weighting", *_choice("videos", "uniform")),
+    ("fraction-train", "a number in (0, 1]", lambda v: 0 < v <= 1),
+    ("fraction-evaluate", *_between(0, 1)),
+    ("min-nodes", *_between(1, 100_000)),
+    ("min-valid-replies", *_between(1, 100_000)),
+    ("round-timeout", "a number of seconds above 0", lambda v: v > 0),
+    ("central-eval-every", *_between(0, 100_000)),
+    ("client-eval-every", *_between(0, 100_000)),
+    ("local-val-fraction", "a number in [0, 1)", lambda v: 0 <= v < 1),
+    ("update-dtype", *_choice(*UPDATE_DTYPES)),
+    ("update-norm-factor", "a number above 0", lambda v: v > 0),
+    ("seed", *_between(0, 2**32 - 1)),
+]
 
 
 @dataclass(frozen=True)
@@ -52,8 +95,9 @@ class FederatedSettings:
     client_eval_every: int
     local_val_fraction: float
     update_dtype: str
-    max_update_norm: float
+    update_norm_factor: float
     partition_dir: str
+    site_sizes: str
     out_dir: str
     resume: bool
     overwrite: bool
@@ -66,29 +110,34 @@ class FederatedSettings:
             key = field.name.replace("_", "-")
             if key not in run_config:
                 raise ConfigError(f"run config lacks {key!r}; declare it in pyproject.toml [tool.flwr.app.config]")
-            kind = {"str": str, "int": int, "float": float, "bool": bool}[field.type]
             value = run_config[key]
-            if kind is not str and isinstance(value, str) or kind is bool and not isinstance(value, bool):
-                raise ConfigError(f"run config {key}={value!r} is not a {field.type}")
-            values[field.name] = kind(value)
+            expected = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}[field.type]
+            if not isinstance(value, expected) or isinstance(value, bool) and field.type != "bool":
+                raise ConfigError(f"run config {key}={value!r} is not a{'n' if field.type == 'int' else ''} "
+                                  f"{field.type}")
+            values[field.name] = float(value) if field.type == "float" else value
         settings = cls(**values)
         settings.check()
         return settings
 
     def check(self) -> None:
-        if self.update_dtype not in UPDATE_DTYPES:
-            raise ConfigError(f"run config update-dtype={self.update_dtype!r}; choose one of "
-                              f"{', '.join(UPDATE_DTYPES)}")
-        if self.weighting not in ("num-examples", "uniform"):
-            raise ConfigError(f"run config weighting={self.weighting!r}; choose num-examples or uniform")
+        """Every value in its range, named in the error (the run stops before any round)."""
+        for key, expected, ok in SETTINGS_RANGES:
+            value = getattr(self, key.replace("-", "_"))
+            if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+                raise ConfigError(f"run config {key}={value!r} is out of range: expected {expected}")
+        if self.warmup_rounds > self.num_server_rounds:
+            raise ConfigError(f"run config warmup-rounds={self.warmup_rounds} exceeds num-server-rounds="
+                              f"{self.num_server_rounds}")
+        if self.min_valid_replies > self.min_nodes:
+            raise ConfigError(f"run config min-valid-replies={self.min_valid_replies} exceeds min-nodes="
+                              f"{self.min_nodes}: no round could ever aggregate")
         if self.dp_noise_multiplier > 0 and self.weighting != "uniform":
             raise ConfigError("differential privacy (dp-noise-multiplier > 0) needs weighting=\"uniform\": "
                               "the accountant's sensitivity bound assumes equal client weights")
         if self.client_eval_every and not self.local_val_fraction > 0:
             raise ConfigError("client-eval-every > 0 needs local-val-fraction > 0 "
                               "(clients evaluate on held-out videos)")
-        if not 0 <= self.local_val_fraction < 1:
-            raise ConfigError(f"run config local-val-fraction={self.local_val_fraction} must be in [0, 1)")
 
     @property
     def last_round(self) -> int:
@@ -110,15 +159,27 @@ def default_run_config() -> dict:
     return flatten(app_config)
 
 
-def experiment_config(settings: FederatedSettings):
+def experiment_config(settings: FederatedSettings, site: bool = False):
     """The aimfl config the run trains: `config` with `overrides`, its schedule stretched over the rounds.
 
     The cosine schedule spans rounds x local epochs, with `warmup-rounds` of warmup; every client
     follows it by its own updates per epoch, so round r trains at the same point of the schedule
     as epoch (r-1) x local-epochs of a centralized run.
+
+    `site=True` is a deployed site's view: `config` must name a config of the app bundle (never a path on the
+    site), and of the overrides only those a run may change are applied (`SITE_OVERRIDABLE`: the schedule, the
+    model variant, the seed); the rest, paths and workers among them, is the site's own (its node config).
     """
     epochs = settings.num_server_rounds * settings.local_epochs
     fixed = [f"schedule.lr={settings.lr}", f"schedule.batch_size={settings.batch_size}", f"schedule.epochs={epochs}",
              f"schedule.warmup_epochs={settings.warmup_rounds * settings.local_epochs}", f"seed={settings.seed}",
              f"output_dir={settings.out_dir}"]
-    return load_config(settings.config, shlex.split(settings.overrides) + fixed)
+    overrides = shlex.split(settings.overrides)
+    if site:
+        overrides = [item for item in overrides if item.startswith(SITE_OVERRIDABLE)]
+        fixed = fixed[:-1]
+    return load_config(settings.config, overrides + fixed, bundled_only=site)
+
+
+# What a run may set on a deployed site through `overrides` (key prefixes)
+SITE_OVERRIDABLE = ("schedule.", "model.variant=", "seed=")

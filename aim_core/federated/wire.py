@@ -34,37 +34,44 @@ def payload_bytes(record: ArrayRecord) -> int:
     return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in record.values())
 
 
-def update_problem(
-    record: ArrayRecord,
-    expected: dict[str, tuple[int, ...]],
-    dtype: str,
-    num_examples,
-    sent: dict[str, torch.Tensor] | None = None,
-    max_update_norm: float | None = None,
-) -> str | None:
-    """Why a client's reply cannot be aggregated, or None if it can.
+NPY_HEADER_BYTES = 4096  # an .npy header (magic, dtype, shape) is far smaller; more is not a plain array
 
-    expected: key -> shape of the global trainable state; sent: the state the client received,
-    for the norm of its update (reply - sent), bounded by `max_update_norm` when given.
+
+def update_problem(record: ArrayRecord, sent: dict[str, np.ndarray], dtype: str,
+                   max_norm: float) -> tuple[str | None, float | None]:
+    """Why a client's reply cannot be aggregated (None if it can), and its update norm ||reply - sent||.
+
+    `sent` is the global state the client received (fp32 numpy arrays by key). The key set, the declared shapes and
+    dtypes, and the size of every array's bytes are checked before anything is decoded, so an oversized or
+    malformed reply costs no copy; then the decoded arrays' real shapes, finiteness and the update's L2 norm,
+    summed in float64 (a float32 sum overflows at 1e19 and lets 1e30 through as inf), against `max_norm`.
     """
-    if not isinstance(num_examples, (int, float)) or isinstance(num_examples, bool) or not num_examples > 0:
-        return f"num-examples must be a positive number, got {num_examples!r}"
-    missing, unexpected = sorted(expected.keys() - record.keys()), sorted(record.keys() - expected.keys())
+    missing, unexpected = sorted(sent.keys() - record.keys()), sorted(record.keys() - sent.keys())
     if missing or unexpected:
-        return f"key set differs: {len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+        return (f"key set differs: {len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected "
+                f"{unexpected[:3]}"), None
     wire = np.dtype(UPDATE_DTYPES[dtype])
-    squared = 0.0
-    for key, shape in expected.items():
+    for key, reference in sent.items():
         array = record[key]
-        if tuple(array.shape) != tuple(shape):
-            return f"{key}: shape {tuple(array.shape)}, expected {tuple(shape)}"
-        if np.dtype(array.dtype) != wire:
-            return f"{key}: dtype {array.dtype}, expected {wire}"
-        values = array.numpy()  # checked in numpy: no copy into torch for every reply of every round
+        if tuple(array.shape) != reference.shape:
+            return f"{key}: shape {tuple(array.shape)}, expected {reference.shape}", None
+        if array.stype != "numpy.ndarray" or array.dtype != wire.name:
+            return f"{key}: dtype {array.dtype} ({array.stype}), expected {wire}", None
+        if len(array.data) > reference.size * wire.itemsize + NPY_HEADER_BYTES:
+            return f"{key}: {len(array.data):,} bytes for {reference.size:,} values of {wire}", None
+    squared = 0.0
+    for key, reference in sent.items():
+        try:
+            values = record[key].numpy()
+        except ValueError as err:  # bytes that are not an .npy array
+            return f"{key}: not a readable array ({err})", None
+        if values.shape != reference.shape or values.dtype != wire:
+            return f"{key}: its bytes hold {values.dtype} {values.shape}, not {wire} {reference.shape}", None
         if not np.isfinite(values).all():
-            return f"{key}: non-finite values"
-        if sent is not None:
-            squared += float(np.square(values.astype(np.float32) - np.asarray(sent[key], dtype=np.float32)).sum())
-    if max_update_norm is not None and sent is not None and math.sqrt(squared) > max_update_norm:
-        return f"update norm {math.sqrt(squared):.4g} exceeds the bound {max_update_norm:.4g}"
-    return None
+            return f"{key}: non-finite values", None
+        difference = np.subtract(values, reference, dtype=np.float64)
+        squared += float(np.dot(difference.ravel(), difference.ravel()))
+    norm = math.sqrt(squared)
+    if not norm <= max_norm:
+        return f"update norm {norm:.4g} exceeds the bound {max_norm:.4g}", norm
+    return None, norm

@@ -11,13 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aim_core.config import ConfigError
+
 
 class Adapter(nn.Module):
     def __init__(self, dim: int, ratio: float = 0.25, skip_connect: bool = True):
         super().__init__()
         hidden = int(dim * ratio)
         if hidden < 1:
-            raise ValueError(f"adapter ratio {ratio} leaves no hidden units for width {dim}")
+            raise ConfigError(f"model.adapter_ratio={ratio} leaves no hidden units for width {dim}")
         self.skip_connect = skip_connect
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
