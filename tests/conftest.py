@@ -4,6 +4,7 @@ import subprocess
 # Tests never reach a model hub: fail at once instead of after huggingface_hub's retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import matplotlib.font_manager  # noqa: F401  (a fresh machine builds its font cache here, with fc-list: before the guard below)
 import pytest
 
 from aim_core.config import load_config
