@@ -21,7 +21,7 @@ def test_missing_checkpoint_file_is_named(tiny_cfg, tmp_path):
 @pytest.mark.parametrize("name", ["k400_clip_vit_b16_8f", "k400_in21k_vit_b16_8f"])
 def test_unreachable_hub_names_the_tag_and_the_local_file_option(tiny_cfg, name):
     cfg = tiny_cfg(name)  # asks for hub weights; tests run with HF_HUB_OFFLINE=1
-    expected = r"(?s)with tag '(openai|augreg_in21k)'.*model\.backbone\.checkpoint="
+    expected = r"(?s)with tag '(openai|orig_in21k_ft_in1k)'.*model\.backbone\.checkpoint="
     with pytest.raises(PretrainedWeightsError, match=expected):
         build_model(cfg.model)
 

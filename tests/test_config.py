@@ -90,3 +90,11 @@ def test_a_stored_config_takes_overrides_as_strictly_as_a_file():
     stored["data"]["num_classes"] = 2_000_000_000
     with pytest.raises(ConfigError, match="data.num_classes=2000000000 is out of range"):
         config_from_dict(stored)
+
+
+def test_the_in21k_config_is_the_papers_backbone_and_augreg_is_named_apart():
+    paper = load_config("k400_in21k_vit_b16_8f").model.backbone
+    assert (paper.name, paper.pretrained) == ("vit_base_patch16_224", "orig_in21k_ft_in1k")  # jx_vit_base_p16_224
+    assert list(paper.mean) == [0.485, 0.456, 0.406] and list(paper.std) == [0.229, 0.224, 0.225]  # ImageNet's
+    augreg = load_config("k400_in21k_augreg_vit_b16_8f").model.backbone
+    assert augreg.pretrained == "augreg_in21k" and list(augreg.mean) == [0.5, 0.5, 0.5]

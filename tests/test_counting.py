@@ -56,3 +56,37 @@ def test_info_cli_prints_json_and_rejects_unknown_keys():
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert "model.adapter_ration" in bad.stderr
+
+
+# The official code's freeze rule, counted by hand from its repository (tools/train.py) with the same shapes.
+OFFICIAL_TRAINABLE = {
+    "k400_clip_vit_b16_8f": 10_966_672,
+    "ssv2_clip_vit_b16_8f": 14_343_342,
+    "k400_clip_vit_l14_8f": 38_261_136,
+    "k400_in21k_swin_b_32f": 9_172_080,
+}
+
+
+@pytest.mark.parametrize("name", OFFICIAL_TRAINABLE)
+def test_the_official_rule_trains_exactly_the_official_count(name):
+    info = model_info(load_config(name, ["model.trainable_set=official", "data.num_frames=8"]))
+    assert info["trainable_params"] == OFFICIAL_TRAINABLE[name]
+    assert info["trainable_params_by_rule"]["official"] == OFFICIAL_TRAINABLE[name]
+
+
+@pytest.mark.parametrize("name", OFFICIAL_TRAINABLE)
+def test_aimfls_rule_differs_from_the_official_one_for_swin_only(name):
+    by_rule = model_info(load_config(name, ["data.num_frames=8"]))["trainable_params_by_rule"]
+    if "swin" not in name:
+        assert by_rule["aimfl"] == by_rule["official"]
+        return
+    # Swin-B at 8 frames (4 time steps): its final norm (2 x 1024) and the temporal bias tables of the 9 + 1 + 1 + 1
+    # temporal blocks ((2*4 - 1) rows x 188 heads in all) are what aimfl trains beyond the official rule
+    assert by_rule["aimfl"] - by_rule["official"] == 2 * 1024 + 7 * 188
+
+
+def test_an_unknown_trainable_set_is_refused():
+    from aim_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.trainable_set='offical'"):
+        model_info(load_config("tiny_swin", ["model.trainable_set=offical"]))

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from aim_core.model.factory import build_model
+from aim_core.model.layers import TRAINABLE_SETS
 from aim_core.model.trainable import count_parameters
 
 
@@ -33,6 +34,13 @@ def count_forward_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
+def trainable_params_under(model_cfg: DictConfig, trainable_set: str) -> int:
+    cfg = shape_only(model_cfg)
+    cfg.trainable_set = trainable_set
+    with torch.device("meta"):
+        return count_parameters(build_model(cfg))["trainable_params"]
+
+
 def model_info(cfg: DictConfig) -> dict:
     with torch.device("meta"):
         model = build_model(shape_only(cfg.model)).eval()
@@ -44,6 +52,8 @@ def model_info(cfg: DictConfig) -> dict:
         "config": cfg.model.backbone.family + ":" + cfg.model.backbone.name,
         "variant": cfg.model.variant,
         **counts,
+        "trainable_set": cfg.model.trainable_set,
+        "trainable_params_by_rule": {rule: trainable_params_under(cfg.model, rule) for rule in TRAINABLE_SETS},
         "frozen_params": counts["total_params"] - counts["trainable_params"],
         "input": f"{cfg.data.num_frames}x{cfg.data.input_size}x{cfg.data.input_size}",
         "gmacs_per_view": round(macs / 1e9, 2),

@@ -40,6 +40,18 @@ def adaptations_for(variant: str) -> Adaptations:
     return VARIANTS[variant]
 
 
+TRAINABLE_SETS = ("aimfl", "official")
+
+
+def trainable_set_is_official(trainable_set: str) -> bool:
+    """`model.trainable_set`: aimfl's (the default) or the official code's freeze rule. They differ for Swin only:
+    the official rule trains names with `temporal_embedding`, `ln_post`, `cls_head` or `Adapter`, which leaves out
+    Swin's temporal position bias and its final norm."""
+    if trainable_set not in TRAINABLE_SETS:
+        raise ConfigError(f"model.trainable_set={trainable_set!r}; choose one of {', '.join(TRAINABLE_SETS)}")
+    return trainable_set == "official"
+
+
 def adapted_layers(depth: int, positions: str, count: int | None) -> list[bool]:
     """Which blocks get adapters (paper Table 7): all, the bottom or top `count`, or every other."""
     if positions == "all":

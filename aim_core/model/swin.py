@@ -5,8 +5,12 @@ As in the official Swin variant, frames are grouped into tubelets of `tubelet_si
 repeated and divided by 2, which is exactly the 2D embedding of the tubelet's mean
 frame), and every other block of each stage adds temporal attention: the block's own
 frozen window-attention projections, applied over the T' tubelets at each spatial
-position, with a new temporal relative position bias. Unlike the official code, that
-bias table is trainable (it was left out of the official freeze whitelist).
+position, with a new temporal relative position bias.
+
+Two parameters the official code leaves frozen are trained here by default: that bias table (its freeze
+whitelist does not name it, so it stays at its random initialisation) and the final norm (the whitelist names
+the ViT's `ln_post`, which Swin's `norm` does not match). `model.trainable_set=official` freezes both, as the
+official code does.
 """
 
 from __future__ import annotations
@@ -21,14 +25,22 @@ from aim_core.config import ConfigError
 from aim_core.model.adapter import Adapter
 from aim_core.model.attention import self_attention
 from aim_core.model.backbones import build_timm_model
-from aim_core.model.layers import Adaptations, ClassifierHead, adaptations_for, adapted_layers
+from aim_core.model.layers import (
+    Adaptations,
+    ClassifierHead,
+    adaptations_for,
+    adapted_layers,
+    trainable_set_is_official,
+)
 
 
 class TemporalRelativeBias(nn.Module):
-    """A (2T-1, heads) table of learned biases for attention between time steps i and j."""
+    """A (2T-1, heads) table of biases for attention between time steps i and j; `trainable=False` keeps its
+    random initialisation, as the official code does."""
 
-    def __init__(self, num_steps: int, num_heads: int):
+    def __init__(self, num_steps: int, num_heads: int, trainable: bool):
         super().__init__()
+        self.trainable = trainable
         self.table = nn.Parameter(torch.empty(2 * num_steps - 1, num_heads))
         nn.init.trunc_normal_(self.table, std=0.02)
         steps = torch.arange(num_steps)
@@ -38,16 +50,17 @@ class TemporalRelativeBias(nn.Module):
         return self.table[self.index].permute(2, 0, 1)  # (heads, T, T)
 
     def adapter_params(self) -> list[str]:
-        return ["table"]
+        return ["table"] if self.trainable else []
 
 
 class AIMSwinBlock(nn.Module):
     def __init__(self, block: nn.Module, adapt: Adaptations, temporal_steps: int, ratio: float,
-                 mlp_adapter_scale: float, drop_path: float):
+                 mlp_adapter_scale: float, drop_path: float, official: bool):
         super().__init__()
         dim = block.norm1.normalized_shape[0]
         self.block = block
-        self.temporal_bias = TemporalRelativeBias(temporal_steps, block.attn.num_heads) if adapt.temporal else None
+        self.temporal_bias = (TemporalRelativeBias(temporal_steps, block.attn.num_heads, trainable=not official)
+                              if adapt.temporal else None)
         self.t_adapter = Adapter(dim, ratio, skip_connect=False) if adapt.temporal else None
         self.s_adapter = Adapter(dim, ratio, skip_connect=True) if adapt.spatial else None
         self.mlp_adapter = Adapter(dim, ratio, skip_connect=False) if adapt.joint else None
@@ -66,7 +79,7 @@ class AIMSwinBlock(nn.Module):
             xt = rearrange(self.t_adapter(xt), "(b h w) t c -> (b t) h w c", h=height, w=width)
             x = x + self.drop_path(xt)
 
-        h = blk._attn(blk.norm1(x))  # timm's own (shifted) window attention, fused SDPA inside
+        h = blk._attn(blk.norm1(x))  # timm's own (shifted) window attention
         if self.s_adapter is not None:
             h = self.s_adapter(h)
         x = (x + h).reshape(frames, -1, dim)
@@ -102,6 +115,7 @@ class AIMSwinTransformer(nn.Module):
         self.steps = cfg.num_frames // cfg.tubelet_size
         self.full_finetune = adapt.full_finetune
         self.grad_checkpointing = bool(cfg.grad_checkpointing)
+        self.official = trainable_set_is_official(cfg.trainable_set)
 
         depth = sum(len(stage.blocks) for stage in swin.layers)
         layers = iter(adapted_layers(depth, cfg.adapter_positions, cfg.adapter_layer_count))
@@ -110,11 +124,13 @@ class AIMSwinTransformer(nn.Module):
         for stage in swin.layers:
             blocks = []
             for j, block in enumerate(stage.blocks):
+                block.attn.fused_attn = bool(cfg.swin_fused_attention)  # timm's default: off (experimental)
                 on = adapt if next(layers) else off
                 # temporal attention in every other block of a stage, the non-shifted ones (official t_attn = i%2 == 0)
                 on = Adaptations(on.spatial, on.temporal and j % 2 == 0, on.joint, on.full_finetune)
                 blocks.append(AIMSwinBlock(block, on, self.steps, cfg.adapter_ratio, cfg.mlp_adapter_scale,
-                                           drop_path=cfg.drop_path_rate * index / max(depth - 1, 1)))
+                                           drop_path=cfg.drop_path_rate * index / max(depth - 1, 1),
+                                           official=self.official))
                 index += 1
             stages.append(AIMSwinStage(stage.downsample, blocks))
         self.patch_embed = swin.patch_embed
@@ -144,4 +160,5 @@ class AIMSwinTransformer(nn.Module):
         return self.head(self.frame_features(video))
 
     def adapter_params(self) -> list[str]:
-        return [f"norm.{name}" for name, _ in self.norm.named_parameters()]
+        """The final norm trains with the head, except under the official rule (see the module's doc)."""
+        return [] if self.official else [f"norm.{name}" for name, _ in self.norm.named_parameters()]

@@ -22,7 +22,14 @@ from torch.utils.checkpoint import checkpoint
 
 from aim_core.model.adapter import Adapter
 from aim_core.model.backbones import ViTBlockParts, build_vit_parts
-from aim_core.model.layers import Adaptations, ClassifierHead, TemporalEmbedding, adaptations_for, adapted_layers
+from aim_core.model.layers import (
+    Adaptations,
+    ClassifierHead,
+    TemporalEmbedding,
+    adaptations_for,
+    adapted_layers,
+    trainable_set_is_official,
+)
 
 
 class AIMBlock(nn.Module):
@@ -76,6 +83,7 @@ class AIMVisionTransformer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         adapt = adaptations_for(cfg.variant)
+        trainable_set_is_official(cfg.trainable_set)  # checked only: for a ViT both rules train the same set
         parts = build_vit_parts(cfg.backbone, cfg.image_size)
         depth, dim = len(parts.blocks), parts.width
         layers = adapted_layers(depth, cfg.adapter_positions, cfg.adapter_layer_count)
