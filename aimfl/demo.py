@@ -89,7 +89,9 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
         "space_only_total_params": runs["space_only"]["total_params"],
         "bytes_per_update": federated["bytes_per_update"],
         "full_model_bytes": federated["full_model_bytes"],
-        "update_dtype": federated["update_dtype"],
+        "codec": federated["update_codec"],
+        "downlink_codec": federated["downlink_codec"],
+        "bytes_total": federated["bytes_total"],
         "clients": demo.clients, "rounds": rounds, "epochs": cfg.schedule.epochs,
         "partition": {"scheme": demo.scheme, "alpha": demo.alpha,
                       "videos_per_client": [c["samples"] for c in summary["per_client"]]},
@@ -128,7 +130,7 @@ def table(results: dict) -> str:
     lines = ["| run | top-1 | order-only pairs top-1 | trainable / total params |", "|---|---|---|---|"]
     lines += [f"| {name} | {pct(top1)} | {pct(order)} | {params} |" for name, top1, order, params in rows]
     per_update, full = results["bytes_per_update"], results["full_model_bytes"]
-    lines.append(f"\nbytes per client update ({results['update_dtype']}): {per_update:,} "
+    lines.append(f"\nbytes per client update ({results['codec']}): {per_update:,} "
                  f"(the full model would be {full:,}: {per_update / full:.1%})")
     return "\n".join(lines)
 

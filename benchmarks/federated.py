@@ -84,8 +84,8 @@ def aggregation(updates: int) -> dict:
     from flwr.supercore.task_identity import TaskIdentity
 
     from aim_core.config import load_config
+    from aim_core.federated.codec import encode_state
     from aim_core.federated.settings import FederatedSettings, default_run_config
-    from aim_core.federated.wire import encode_state
     from aim_core.model.factory import build_model
     from aim_core.model.trainable import trainable_state
     from server.strategy import ValidatedRounds, build_strategy

@@ -27,9 +27,9 @@ from flwr.common.logger import log
 from aim_core.config import to_dict
 from aim_core.engine.evaluation import evaluate_records
 from aim_core.engine.precision import default_device
-from aim_core.federated.local import client_setup, train_round
+from aim_core.federated.codec import decode_state, encode_update
+from aim_core.federated.local import ResidualStore, client_setup, residual_folder, train_round
 from aim_core.federated.settings import FederatedSettings
-from aim_core.federated.wire import decode_state, encode_state
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import load_trainable_state, trainable_state
 
@@ -67,14 +67,20 @@ def train(msg: Message, context: Context) -> Message:
     cfg, data = client_setup(context.node_config, settings)
     config = msg.content["config"]
     server_round = int(config["server-round"])
-    model = model_with(cfg, decode_state(msg.content["arrays"]))
+    received = decode_state(msg.content["arrays"])
+    model = model_with(cfg, received)
     metrics = train_round(model, cfg, data, server_round, settings.local_epochs,
                           float(config.get("proximal-mu", 0.0)), default_device())
     log(INFO, "round %d: trained on %d videos of %s in %.1f s, loss %.4f, %d unreadable skipped", server_round,
              metrics["num-examples"], data.source, metrics["train-seconds"], metrics["train-loss"],
              metrics["skipped-videos"])
-    reply = RecordDict({"arrays": encode_state(trainable_state(model), settings.update_dtype),
-                        "metrics": MetricRecord(metrics)})
+    residuals = ResidualStore(residual_folder(context.node_config, settings, data), context.state)
+    residual = residuals.load(server_round) if settings.update_codec == "topk" else None
+    arrays, residual = encode_update(trainable_state(model), received, settings.update_codec, settings.topk_fraction,
+                                     residual)
+    if residual is not None:
+        residuals.save(server_round, residual)
+    reply = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content=reply, reply_to=msg)
 
 

@@ -20,7 +20,6 @@ import os
 import time
 from logging import INFO
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
@@ -32,8 +31,8 @@ from aim_core.engine.evaluation import evaluate_records
 from aim_core.engine.metrics_log import MetricsLog
 from aim_core.engine.precision import default_device
 from aim_core.engine.run_dir import open_run_dir
+from aim_core.federated.codec import decode_state, encode_state, encode_update, payload_bytes
 from aim_core.federated.settings import FederatedSettings, experiment_config
-from aim_core.federated.wire import UPDATE_DTYPES, decode_state, encode_state, payload_bytes
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import count_parameters, load_trainable_state, trainable_state
 from server.plots import plot_rounds
@@ -149,12 +148,18 @@ class FederatedRun:
         return record
 
     def update_bytes(self) -> int:
-        """The bytes of one update on the wire: the trainable state in the wire dtype."""
-        return payload_bytes(encode_state(trainable_state(self.model), self.settings.update_dtype))
+        """The bytes of one client's reply on the wire, in the update codec (the same for every reply)."""
+        state = trainable_state(self.model)
+        settings = self.settings
+        return payload_bytes(encode_update(state, state, settings.update_codec, settings.topk_fraction, None)[0])
+
+    def downlink_bytes(self) -> int:
+        """The bytes of the global state sent to one client, in the downlink codec."""
+        return payload_bytes(encode_state(trainable_state(self.model), self.settings.downlink_codec))
 
     def full_model_bytes(self) -> int:
-        """What sending the whole model (frozen backbone included) would cost, in the wire dtype."""
-        return self.counts["total_params"] * np.dtype(UPDATE_DTYPES[self.settings.update_dtype]).itemsize
+        """What sending the whole model (frozen backbone included) in fp32 would cost."""
+        return self.counts["total_params"] * 4
 
     def save(self, path: str, server_round: int) -> None:
         save_trainable(self.model, path, to_dict(self.cfg),
@@ -167,7 +172,9 @@ class FederatedRun:
             "rounds_done": self.rounds_done, "num_server_rounds": self.settings.num_server_rounds,
             "strategy": self.settings.strategy, **self.counts,
             "bytes_per_update": self.update_bytes(),
-            "full_model_bytes": self.full_model_bytes(), "update_dtype": self.settings.update_dtype,
+            "downlink_bytes": self.downlink_bytes(), "full_model_bytes": self.full_model_bytes(),
+            "update_codec": self.settings.update_codec, "downlink_codec": self.settings.downlink_codec,
+            "bytes_total": sum(r["bytes_sent"] + r["bytes_received"] for r in self.history),
             "central": next((r["central"] for r in reversed(self.history) if "central" in r), None),
             "best_central_top1": self.best_top1 if self.best_top1 >= 0 else None,
             "rejected_updates": sum(r["rejected_updates"] for r in self.history),

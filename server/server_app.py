@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "%s: rounds %d..%d of %d, %s trainable of %s parameters, %.2f MB per update (%s)",
         settings.strategy, run.rounds_done + 1, settings.last_round, settings.num_server_rounds,
         f"{run.counts['trainable_params']:,}", f"{run.counts['total_params']:,}", run.update_bytes() / 1e6,
-        settings.update_dtype)
+        settings.update_codec)
     privacy_spent = getattr(strategy, "privacy_spent", lambda: None)
 
     for server_round in range(run.rounds_done + 1, settings.last_round + 1):

@@ -17,7 +17,8 @@ within `round-timeout` (a site crashed, lost its link or is too slow), `RoundInc
 after its last finished round, which `resume=true` continues from.
 
 The global state stays fp32 on the server (FedAdam's moments included); only the messages use the
-wire dtype. The server, not the client, sets each update's weight.
+codecs (`aim_core/federated/codec.py`): the clients' replies are decoded against the very state they were sent
+(after the downlink codec) before the strategy sees them. The server, not the client, sets each update's weight.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from flwr.serverapp.strategy import (
 )
 
 from aim_core.config import ConfigError
+from aim_core.federated.codec import decode_state, encode_state, payload_bytes, update_problem
 from aim_core.federated.settings import FederatedSettings
-from aim_core.federated.wire import decode_state, encode_state, payload_bytes, update_problem
 from server.client_sizes import ClientSizes
 
 # what a train reply reports (partition-id: the simulated partition it trained, -1 on a deployed site)
@@ -147,20 +148,20 @@ class ValidatedRounds:
         """Sends the global state `arrays` to the sampled nodes, waits for their updates, and aggregates the valid
         ones."""
         started = time.time()
-        wire = encode_state(decode_state(arrays), self.settings.update_dtype)
+        wire = encode_state(decode_state(arrays), self.settings.downlink_codec)
         instructions = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         for message in instructions:
             message.content["arrays"] = wire
         replies = grid.send_and_receive(instructions, timeout=self.settings.round_timeout)
-        outcome = self.aggregate_train(server_round, arrays, instructions, replies)
+        outcome = self.aggregate_train(server_round, wire, instructions, replies)
         outcome.seconds = time.time() - started
         return outcome
 
-    def aggregate_train(self, server_round: int, arrays: ArrayRecord, instructions: list[Message],
+    def aggregate_train(self, server_round: int, wire: ArrayRecord, instructions: list[Message],
                         replies) -> TrainRound:
-        """Checks every reply to `instructions` against the global state `arrays` they carried, and aggregates the
-        valid ones with the strategy."""
-        sent = {k: v.numpy() for k, v in decode_state(arrays).items()}
+        """Checks every reply to `instructions` against the global state they carried (`wire`, in the downlink
+        codec: what the clients started from), and aggregates the valid ones with the strategy."""
+        sent = {k: v.numpy() for k, v in decode_state(wire).items()}
         global_norm = math.sqrt(sum(float(np.dot(v.ravel(), v.ravel())) for v in sent.values()))
         outcome = TrainRound(arrays=None, sampled=sorted(m.metadata.dst_node_id for m in instructions))
         for message in instructions:
@@ -173,16 +174,16 @@ class ValidatedRounds:
             record = outcome.nodes.setdefault(str(node), {"bytes_sent": 0, "bytes_received": 0})
             if not reply.has_error():
                 record["bytes_received"] += sum(payload_bytes(r) for r in reply.content.array_records.values())
-            problem, key = self.train_reply_problem(reply, node, sent, global_norm, answered, record)
+            problem, key, state = self.train_reply_problem(reply, node, sent, global_norm, answered, record)
             if problem:
                 log(WARNING, "round %d: rejected the update of node %d: %s", server_round, node, problem)
                 outcome.rejected.append({"node": node, "reason": problem})
                 continue
             answered[key] = node
             metrics = reply.content["metrics"]
-            # fp32 for aggregation, and only the metrics of the contract, plus the weight the server sets
-            if self.settings.update_dtype != "fp32":
-                reply.content["arrays"] = encode_state(decode_state(reply.content["arrays"]), "fp32")
+            # the decoded fp32 state for aggregation, and only the metrics of the contract, plus the weight the
+            # server sets
+            reply.content["arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in state.items()})
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in TRAIN_METRICS},
                                                      WEIGHT_KEY: self.sizes.weight(key)})
             record.update({k: metrics[k] for k in TRAIN_METRICS})
@@ -211,36 +212,38 @@ class ValidatedRounds:
                 why)
 
     def train_reply_problem(self, reply: Message, node: int, sent: dict[str, np.ndarray], global_norm: float,
-                            answered: dict[int, int], record: dict) -> tuple[str | None, int | None]:
-        """(why the reply cannot be aggregated, or None; the key of the client the server knows it by). Its update
-        norm and bound go into `record`, the node's line of the round."""
+                            answered: dict[int, int], record: dict) -> tuple[str | None, int | None, dict | None]:
+        """(why the reply cannot be aggregated, or None; the key of the client the server knows it by; its decoded
+        state). Its update norm and bound go into `record`, the node's line of the round."""
         if reply.has_error():
-            return f"error reply: {short_reason(reply.error.reason)}", None
+            return f"error reply: {short_reason(reply.error.reason)}", None, None
         content = reply.content
         if set(content.keys()) != {"arrays", "metrics"} or "arrays" not in content.array_records \
                 or "metrics" not in content.metric_records:
             return (f"records {sorted(content.keys())}, expected exactly an ArrayRecord 'arrays' and a MetricRecord "
-                    "'metrics'"), None
+                    "'metrics'"), None, None
         metrics = content["metrics"]
         missing = [k for k in TRAIN_METRICS if not isinstance(metrics.get(k), (int, float))]
         if missing:
-            return f"metrics lack {missing}", None
+            return f"metrics lack {missing}", None, None
         if not all(math.isfinite(metrics[k]) for k in TRAIN_METRICS):
-            return "non-finite metrics", None
+            return "non-finite metrics", None, None
         key, problem = self.sizes.identify(node, metrics)
         if problem:
-            return problem, None
+            return problem, None, None
         if key in answered:
-            return f"client {key} already answered this round (node {answered[key]})", None
+            return f"client {key} already answered this round (node {answered[key]})", None, None
         if metrics["num-examples"] != self.sizes.train_videos(key):
             return (f"num-examples={metrics['num-examples']!r}, but client {key} has "
-                    f"{self.sizes.train_videos(key)} training videos"), None
+                    f"{self.sizes.train_videos(key)} training videos"), None, None
         bound = self.sizes.max_update_norm(key, global_norm)
-        problem, norm = update_problem(content["arrays"], sent, self.settings.update_dtype, bound)
+        settings = self.settings
+        problem, norm, state = update_problem(content["arrays"], sent, settings.update_codec, settings.topk_fraction,
+                                              bound)
         record.update({"update-norm": norm, "norm-bound": bound})
-        if problem is None and self.settings.dp_noise_multiplier > 0 and norm == 0:
-            return "an unchanged state: flwr's DP clipping divides by the update's norm, which is zero", None
-        return problem, key
+        if problem is None and settings.dp_noise_multiplier > 0 and norm == 0:
+            return "an unchanged state: flwr's DP clipping divides by the update's norm, which is zero", None, None
+        return problem, key, state
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> EvaluateRound:
         """Client-side evaluation on held-out local videos, every `client-eval-every` rounds."""
@@ -248,7 +251,7 @@ class ValidatedRounds:
         if not every or server_round % every:
             return EvaluateRound(metrics=None)
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
-        wire = encode_state(decode_state(arrays), self.settings.update_dtype)
+        wire = encode_state(decode_state(arrays), self.settings.downlink_codec)
         for message in messages:
             message.content["arrays"] = wire
         outcome = EvaluateRound(None, {str(m.metadata.dst_node_id): payload_bytes(wire) for m in messages})

@@ -20,6 +20,6 @@ for name in "${names[@]}"; do
     --run-config "config=\"k400_clip_vit_b16_8f\" overrides=\"data.root=$root data.num_workers=4\" \
 partition-dir=\"$splits/$name\" out-dir=\"$out/$name\" num-server-rounds=100 local-epochs=1 lr=3e-4 \
 warmup-rounds=5 batch-size=8 fraction-train=0.1 fraction-evaluate=0.0 min-nodes=10 client-eval-every=0 \
-local-val-fraction=0.0 central-eval-every=10 update-dtype=\"fp16\" resume=true" \
+local-val-fraction=0.0 central-eval-every=10 update-codec=\"fp16\" resume=true" \
     --federation-config "num-supernodes=100 client-resources-num-cpus=4 client-resources-num-gpus=0.25"
 done

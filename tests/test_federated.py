@@ -18,8 +18,8 @@ from aim_core.config import load_config
 from aim_core.data.annotations import read_annotations
 from aim_core.data.partition import write_partitions
 from aim_core.engine.checkpoint import load_training_state
+from aim_core.federated.codec import encode_state
 from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run_config, experiment_config
-from aim_core.federated.wire import encode_state
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import count_parameters, trainable_names, trainable_state
 from aimfl.simulation import run_simulation
@@ -64,7 +64,7 @@ def partitions(synthetic_world, tmp_path_factory):
 @pytest.mark.slow
 def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synthetic_world, partitions, tmp_path):
     out = tmp_path / "run"
-    config = run_config(synthetic_world, partitions / "iid3", out, 3, update_dtype="fp16")
+    config = run_config(synthetic_world, partitions / "iid3", out, 3, update_codec="fp16")
     log = flwr_run(config, 3, tmp_path / "flwr.log")
 
     rounds = history(out)

@@ -9,8 +9,8 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from aim_core.config import ConfigError, load_config
+from aim_core.federated.codec import decode_state, encode_state, payload_bytes, update_problem
 from aim_core.federated.settings import FederatedSettings, default_run_config, experiment_config
-from aim_core.federated.wire import decode_state, encode_state, payload_bytes, update_problem
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import count_parameters, trainable_state
 from server.client_sizes import ClientSizes
@@ -43,24 +43,25 @@ def test_bf16_states_are_cast_for_the_wire(state):
 def test_a_good_reply_passes_and_bad_ones_are_named(state):
     sent = {k: v.numpy() for k, v in state.items()}
     good = encode_state(state, "fp32")
-    assert update_problem(good, sent, "fp32", 1.0) == (None, 0.0)
+    problem, norm, decoded = update_problem(good, sent, "fp32", 0.05, 1.0)
+    assert (problem, norm) == (None, 0.0) and set(decoded) == set(state)
 
     nan = {k: v.clone() for k, v in state.items()}
     nan["head.fc.bias"][0] = float("nan")
-    assert "non-finite" in update_problem(encode_state(nan, "fp32"), sent, "fp32", 1.0)[0]
+    assert "non-finite" in update_problem(encode_state(nan, "fp32"), sent, "fp32", 0.05, 1.0)[0]
 
     missing = {k: v for k, v in state.items() if k != "norm.weight"}
-    assert "1 missing ['norm.weight']" in update_problem(encode_state(missing, "fp32"), sent, "fp32", 1.0)[0]
+    assert "1 missing ['norm.weight']" in update_problem(encode_state(missing, "fp32"), sent, "fp32", 0.05, 1.0)[0]
 
     extra = ArrayRecord({**{k: v for k, v in state.items()}, "stem.vit.pos_embed": torch.zeros(3)})
-    assert "unexpected ['stem.vit.pos_embed']" in update_problem(extra, sent, "fp32", 1.0)[0]
+    assert "unexpected ['stem.vit.pos_embed']" in update_problem(extra, sent, "fp32", 0.05, 1.0)[0]
 
     wrong_shape = {**state, "head.fc.bias": torch.zeros(7)}
-    assert "head.fc.bias: shape (7,)" in update_problem(encode_state(wrong_shape, "fp32"), sent, "fp32", 1.0)[0]
-    assert "dtype float16" in update_problem(encode_state(state, "fp16"), sent, "fp32", 1.0)[0]
+    assert "head.fc.bias: shape (7,)" in update_problem(encode_state(wrong_shape, "fp32"), sent, "fp32", 0.05, 1.0)[0]
+    assert "dtype float16" in update_problem(encode_state(state, "fp16"), sent, "fp32", 0.05, 1.0)[0]
 
     far = {k: v + 1.0 for k, v in state.items()}
-    problem, norm = update_problem(encode_state(far, "fp32"), sent, "fp32", 5.0)
+    problem, norm, _ = update_problem(encode_state(far, "fp32"), sent, "fp32", 0.05, 5.0)
     n = sum(v.numel() for v in state.values())
     assert norm == pytest.approx(np.sqrt(n)) and f"update norm {np.sqrt(n):.4g} exceeds" in problem
 
@@ -70,7 +71,7 @@ def test_an_update_of_1e30_is_rejected_in_float64(state):
     sent = {k: v.numpy() for k, v in state.items()}
     huge = {k: v.clone() for k, v in state.items()}
     huge["head.fc.bias"][0] = 1e30
-    problem, norm = update_problem(encode_state(huge, "fp32"), sent, "fp32", 1e6)
+    problem, norm, _ = update_problem(encode_state(huge, "fp32"), sent, "fp32", 0.05, 1e6)
     assert norm == pytest.approx(1e30, rel=1e-6) and "exceeds the bound" in problem
 
 
@@ -81,7 +82,7 @@ def test_an_oversized_or_lying_reply_is_rejected_before_it_is_decoded(state, mon
     record = encode_state(state, "fp32")
     big = np.zeros(50_000_000, dtype=np.float32)  # 200 MB under a key of 10 values
     record["head.fc.bias"] = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=big.tobytes())
-    problem, _ = update_problem(record, sent, "fp32", 1.0)
+    problem, _, _ = update_problem(record, sent, "fp32", 0.05, 1.0)
     assert problem == "head.fc.bias: 200,000,000 bytes for 5 values of float32"
     assert decoded == []
 
@@ -220,7 +221,9 @@ def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying(
     ("dp-target-delta", 0.0, "dp-target-delta=0.0 is out of range"),
     ("round-timeout", 0, "round-timeout=0.0 is out of range"),
     ("local-val-fraction", 1.0, "local-val-fraction=1.0 is out of range"),
-    ("update-dtype", "bf16", "update-dtype='bf16' is out of range"),
+    ("update-codec", "bf16", "update-codec='bf16' is out of range"),
+    ("downlink-codec", "topk", "downlink-codec='topk' is out of range"),
+    ("topk-fraction", 0.0, "topk-fraction=0.0 is out of range"),
     ("warmup-rounds", 11, "warmup-rounds=11 exceeds num-server-rounds=10"),
     ("min-valid-replies", 3, "min-valid-replies=3 exceeds min-nodes=2"),
     ("central-eval-every", -1, "central-eval-every=-1 is out of range"),

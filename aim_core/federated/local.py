@@ -8,16 +8,20 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import time
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from aim_core.data.annotations import VideoRecord, read_annotations
 from aim_core.data.video import video_dataset
+from aim_core.engine.checkpoint import atomic_write
 from aim_core.engine.loaders import make_loader
 from aim_core.engine.step import build_trainer, run_epoch
 from aim_core.federated.settings import FederatedSettings, experiment_config
@@ -128,6 +132,54 @@ def client_setup(node_config: dict, settings: FederatedSettings):
     records = read_annotations(path, "list", num_classes=cfg.data.num_classes)
     train, val = hold_out(records, settings.local_val_fraction, settings.seed)
     return cfg, ClientData(train, val, root, stream, path, partition)
+
+
+class ResidualStore:
+    """A client's top-k error-feedback residual between rounds: the part of its updates not sent yet. It never
+    leaves the client. It is kept in `folder` (a simulated client's folder under the server's out-dir, or a deployed
+    site's `state-dir`), so that a resumed run picks up the residual of the round it resumes after, or else in
+    Flower's `context.state` (`state`), which lives as long as the run.
+
+    `load(r)` gives the residual saved after the latest round before r (None: none yet); `save(r, residual)` keeps it.
+    """
+
+    KEEP = 2  # rounds of residual files kept: a run that crashed after a client's round resumes one round earlier
+
+    def __init__(self, folder: str | None, state):
+        self.folder, self.state = folder, state
+
+    def _files(self) -> dict[int, str]:
+        pattern = os.path.join(self.folder, "residual_round*.safetensors")
+        return {int(re.search(r"round(\d+)", path).group(1)): path for path in glob.glob(pattern)}
+
+    def load(self, server_round: int) -> dict[str, torch.Tensor] | None:
+        if self.folder is None:
+            if "topk-residual" not in self.state or self.state["topk-config"]["round"] >= server_round:
+                return None
+            return self.state["topk-residual"].to_torch_state_dict()
+        earlier = [r for r in self._files() if r < server_round]
+        return load_file(self._files()[max(earlier)]) if earlier else None
+
+    def save(self, server_round: int, residual: dict[str, torch.Tensor]) -> None:
+        from flwr.app import ArrayRecord, ConfigRecord
+
+        if self.folder is None:
+            self.state["topk-residual"] = ArrayRecord({k: v.contiguous() for k, v in residual.items()})
+            self.state["topk-config"] = ConfigRecord({"round": server_round})
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, f"residual_round{server_round:05d}.safetensors")
+        atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in residual.items()}, tmp))
+        for old in sorted(self._files())[:-self.KEEP]:
+            os.remove(self._files()[old])
+
+
+def residual_folder(node_config: dict, settings: FederatedSettings, data: ClientData) -> str | None:
+    """Where a client keeps its error-feedback residual: a deployed site's `state-dir` (optional), or a simulated
+    client's folder beside the server's run."""
+    if data.partition < 0:
+        return os.path.expanduser(str(node_config["state-dir"])) if "state-dir" in node_config else None
+    return os.path.join(os.path.abspath(settings.out_dir), "client-state", f"client_{data.partition:03d}")
 
 
 def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int, local_epochs: int,

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 
 from aim_core.config import ConfigError, load_config
-from aim_core.federated.wire import UPDATE_DTYPES
+from aim_core.federated.codec import CODECS, DOWNLINK_CODECS
 
 # the Flower app: pyproject.toml and the packages it ships
 APP_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,7 +56,9 @@ SETTINGS_RANGES = [
     ("central-eval-every", *_between(0, 100_000)),
     ("client-eval-every", *_between(0, 100_000)),
     ("local-val-fraction", "a number in [0, 1)", lambda v: 0 <= v < 1),
-    ("update-dtype", *_choice(*UPDATE_DTYPES)),
+    ("update-codec", *_choice(*CODECS)),
+    ("downlink-codec", *_choice(*DOWNLINK_CODECS)),
+    ("topk-fraction", "a number in (0, 1]", lambda v: 0 < v <= 1),
     ("update-norm-factor", "a number above 0", lambda v: v > 0),
     ("seed", *_between(0, 2**32 - 1)),
 ]
@@ -94,7 +96,9 @@ class FederatedSettings:
     central_eval_every: int
     client_eval_every: int
     local_val_fraction: float
-    update_dtype: str
+    update_codec: str
+    downlink_codec: str
+    topk_fraction: float
     update_norm_factor: float
     partition_dir: str
     site_sizes: str

@@ -1,0 +1,194 @@
+"""Update codecs: how a client's trained state (uplink) and the global state (downlink) travel as ArrayRecords.
+
+- `fp32`, `fp16`: the state itself, in that dtype (bf16 is cast).
+- `int8`: the update (state minus the state the client received) as int8 with one fp32 scale per row of each tensor
+  (per tensor for vectors): 1 byte a value, about a quarter of fp32. As a downlink codec, the state itself.
+- `topk`: the `topk-fraction` largest-magnitude values of the update per tensor, as int32 indices into the flattened
+  tensor and fp16 values (6 bytes a kept value). What is not sent stays in the client's error-feedback residual and
+  is added to its next update, so every coordinate's mass is sent eventually (Stich et al., 2018; Karimireddy et al.,
+  2019). The residual never leaves the client. Uplink only: a client holds no earlier global state to apply a sparse
+  downlink to.
+
+The arrays of a tensor `k` are named `k` (the values or the int8 codes), `k#scale`, `k#index`. `check_encoded` is the
+server's check of a reply's structure before anything is decoded: the array names, dtypes, shapes and byte sizes a
+codec allows for the state the client was sent; `decode_update` then reads the values back as a full fp32 state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+CODECS = ("fp32", "fp16", "int8", "topk")
+DOWNLINK_CODECS = ("fp32", "fp16", "int8")
+NPY_HEADER_BYTES = 4096  # an .npy header (magic, dtype, shape) is far smaller; more is not a plain array
+SCALE, INDEX = "#scale", "#index"
+
+
+def rows_of(shape: tuple[int, ...]) -> int:
+    """Rows that get their own int8 scale: the first dimension of a matrix or more, one for a vector or scalar."""
+    return shape[0] if len(shape) >= 2 else 1
+
+
+def kept_values(size: int, fraction: float) -> int:
+    """How many values of a tensor of `size` top-k sends: at least one."""
+    return min(size, max(1, math.ceil(fraction * size)))
+
+
+def quantize_int8(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, fp32 scale per row): values ~= codes * scale, symmetric, the largest magnitude of a row at 127."""
+    rows = values.reshape(rows_of(tuple(values.shape)), -1).float()
+    scale = rows.abs().amax(dim=1) / 127
+    codes = torch.round(rows / torch.where(scale > 0, scale, 1)[:, None]).clamp_(-127, 127).to(torch.int8)
+    return codes.reshape(values.shape), scale
+
+
+def dequantize_int8(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    rows = codes.reshape(rows_of(codes.shape), -1).astype(np.float32) * scale[:, None]
+    return rows.reshape(codes.shape)
+
+
+def encode_state(state: dict[str, torch.Tensor], codec: str) -> ArrayRecord:
+    """The global state (or a state in full) for the downlink: fp32, fp16, or int8 with per-row scales."""
+    if codec not in DOWNLINK_CODECS:
+        raise ValueError(f"downlink codec {codec!r}; choose one of {', '.join(DOWNLINK_CODECS)}")
+    if codec == "int8":
+        arrays = {}
+        for key, value in state.items():
+            codes, scale = quantize_int8(value.detach().cpu())
+            arrays[key], arrays[key + SCALE] = codes.contiguous(), scale.contiguous()
+        return ArrayRecord(arrays)
+    wire = torch.float32 if codec == "fp32" else torch.float16
+    return ArrayRecord({k: v.detach().to("cpu", wire).contiguous() for k, v in state.items()})
+
+
+def decode_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """A state sent by `encode_state` (any downlink codec) as fp32 tensors."""
+    keys = [k for k in record.keys() if SCALE not in k]
+    if any(k + SCALE in record for k in keys):
+        return {k: torch.from_numpy(dequantize_int8(record[k].numpy(), record[k + SCALE].numpy())) for k in keys}
+    return {k: torch.from_numpy(record[k].numpy()).float() for k in keys}
+
+
+def encode_update(state: dict[str, torch.Tensor], received: dict[str, torch.Tensor], codec: str, fraction: float,
+                  residual: dict[str, torch.Tensor] | None) -> tuple[ArrayRecord, dict[str, torch.Tensor] | None]:
+    """A client's reply: its trained `state` as `codec` sends it, relative to the `received` global state for int8
+    and top-k. Returns the record and, for top-k, the new error-feedback residual (the update's unsent part)."""
+    if codec in ("fp32", "fp16"):
+        return encode_state(state, codec), None
+    arrays, new_residual = {}, {}
+    for key, value in state.items():
+        update = value.detach().cpu().float() - received[key].cpu().float()
+        if codec == "int8":
+            arrays[key], arrays[key + SCALE] = (t.contiguous() for t in quantize_int8(update))
+            continue
+        if residual is not None:
+            update = update + residual[key]
+        flat = update.flatten()
+        index = flat.abs().topk(kept_values(flat.numel(), fraction), sorted=False).indices.sort().values
+        values = flat[index].half()
+        unsent = flat.clone()
+        unsent[index] -= values.float()  # what fp16 rounding lost of a sent value stays in the residual too
+        arrays[key], arrays[key + INDEX] = values.contiguous(), index.to(torch.int32).contiguous()
+        new_residual[key] = unsent.view_as(update)
+    return ArrayRecord(arrays), (new_residual if codec == "topk" else None)
+
+
+def expected_arrays(sent: dict[str, np.ndarray], codec: str, fraction: float) -> dict[str, tuple[str, tuple]]:
+    """name -> (dtype, shape) of every array a reply in `codec` holds for the state `sent`."""
+    expected = {}
+    for key, reference in sent.items():
+        if codec in ("fp32", "fp16"):
+            expected[key] = ("float32" if codec == "fp32" else "float16", reference.shape)
+        elif codec == "int8":
+            expected[key] = ("int8", reference.shape)
+            expected[key + SCALE] = ("float32", (rows_of(reference.shape),))
+        else:
+            kept = kept_values(reference.size, fraction)
+            expected[key], expected[key + INDEX] = ("float16", (kept,)), ("int32", (kept,))
+    return expected
+
+
+def check_encoded(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str, fraction: float) -> str | None:
+    """Why a reply's structure does not fit `codec` for the state `sent` (None if it does), read from the arrays'
+    declared names, dtypes, shapes and byte sizes only: nothing is decoded yet, so an oversized reply costs no copy."""
+    expected = expected_arrays(sent, codec, fraction)
+    missing, unexpected = sorted(expected.keys() - record.keys()), sorted(record.keys() - expected.keys())
+    if missing or unexpected:
+        return (f"array set differs from a {codec} update: {len(missing)} missing {missing[:3]}, {len(unexpected)} "
+                f"unexpected {unexpected[:3]}")
+    for name, (dtype, shape) in expected.items():
+        array = record[name]
+        if tuple(array.shape) != shape:
+            return f"{name}: shape {tuple(array.shape)}, expected {shape}"
+        if array.stype != "numpy.ndarray" or array.dtype != dtype:
+            return f"{name}: dtype {array.dtype} ({array.stype}), expected {dtype}"
+        if len(array.data) > math.prod(shape) * np.dtype(dtype).itemsize + NPY_HEADER_BYTES:
+            return f"{name}: {len(array.data):,} bytes for {math.prod(shape):,} values of {dtype}"
+    return None
+
+
+def decode_update(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str) -> tuple[dict[str, np.ndarray] | None,
+                                                                                        str | None]:
+    """(the client's state as fp32 arrays, None) from a reply `check_encoded` accepted, or (None, why not): bytes
+    that are not the arrays they declare, indices out of range or repeated, non-finite values or scales."""
+    state = {}
+    try:
+        for key, reference in sent.items():
+            values = record[key].numpy()
+            if codec in ("fp32", "fp16"):
+                decoded = values.astype(np.float32)
+            elif codec == "int8":
+                scale = record[key + SCALE].numpy()
+                if not np.isfinite(scale).all() or (scale < 0).any():
+                    return None, f"{key}{SCALE}: scales must be finite and not negative"
+                decoded = reference + dequantize_int8(values, scale)
+            else:
+                index = record[key + INDEX].numpy()
+                if index.size and (index.min() < 0 or index.max() >= reference.size):
+                    return None, f"{key}{INDEX}: indices outside 0..{reference.size - 1}"
+                if np.unique(index).size != index.size:
+                    return None, f"{key}{INDEX}: repeated indices"
+                decoded = reference.copy().ravel()
+                decoded[index] += values.astype(np.float32)
+                decoded = decoded.reshape(reference.shape)
+            if decoded.shape != reference.shape:
+                return None, f"{key}: its bytes hold {decoded.shape}, not {reference.shape}"
+            if not np.isfinite(decoded).all():
+                return None, f"{key}: non-finite values"
+            state[key] = decoded
+    except ValueError as err:  # bytes that are not an .npy array, or not the dtype and shape declared
+        return None, f"not readable arrays ({err})"
+    return state, None
+
+
+def update_problem(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str, fraction: float,
+                   max_norm: float) -> tuple[str | None, float | None, dict[str, np.ndarray] | None]:
+    """Why a client's reply cannot be aggregated (None if it can), its update norm ||state - sent|| and its state.
+
+    `sent` is the global state the client received (fp32 numpy arrays by key). The structure is checked before
+    anything is decoded (`check_encoded`), then the decoded values (`decode_update`), then the update's L2 norm,
+    summed in float64 (a float32 sum overflows at 1e19 and lets 1e30 through as inf), against `max_norm`.
+    """
+    problem = check_encoded(record, sent, codec, fraction)
+    if problem:
+        return problem, None, None
+    state, problem = decode_update(record, sent, codec)
+    if problem:
+        return problem, None, None
+    squared = 0.0
+    for key, reference in sent.items():
+        difference = np.subtract(state[key], reference, dtype=np.float64).ravel()
+        squared += float(np.dot(difference, difference))
+    norm = math.sqrt(squared)
+    if not norm <= max_norm:
+        return f"update norm {norm:.4g} exceeds the bound {max_norm:.4g}", norm, None
+    return None, norm, state
+
+
+def payload_bytes(record: ArrayRecord) -> int:
+    """The bytes of the arrays themselves (elements x element size), without record framing: what a codec costs."""
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in record.values())
