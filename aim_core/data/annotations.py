@@ -90,7 +90,8 @@ def read_path_label_list(path: str, class_names: list[str] | None = None,
             elif label in index:
                 value = index[label]
             else:
-                raise AnnotationError(f"{path}:{number}: label {label!r} is neither a class index nor a known class name")
+                raise AnnotationError(f"{path}:{number}: label {label!r} is neither a class index nor a known class "
+                                      "name")
             if value < 0 or (limit and value >= limit):
                 raise AnnotationError(f"{path}:{number}: label {value} is out of range: the config has {limit} classes "
                                       f"(data.num_classes), labels go from 0 to {limit - 1}")

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from aim_core.config import ConfigError
+from aim_core.config import ConfigError, progress_options
 
 # (name, the class whose frames it reverses, or None)
 CLASSES = [
@@ -191,7 +191,8 @@ def make_synthetic(
             lines.append(f"{rel} {int(label)} site{spec.site}\n")
         lists[split] = lines
     with ProcessPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as pool:
-        list(tqdm(pool.map(_make_clip, jobs, chunksize=8), total=len(jobs), desc="synthetic clips", disable=not progress))
+        list(tqdm(pool.map(_make_clip, jobs, chunksize=8), total=len(jobs), desc="synthetic clips",
+                  **progress_options(progress)))
     for split, lines in lists.items():
         with open(os.path.join(out, f"{split}.txt"), "w") as f:
             f.writelines(lines)

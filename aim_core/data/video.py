@@ -88,13 +88,9 @@ class VideoDataset(Dataset):
         self.cfg = data_cfg
         self.train = train
         self.seed = seed
-        self.epoch = 0
         self.reader = FrameReader(data_cfg.short_side if train else data_cfg.input_size)
         self.transform = train_transform(data_cfg, mean, std) if train else TestTransform(data_cfg, mean, std)
         self._reported: set[str] = set()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -123,8 +119,11 @@ class VideoDataset(Dataset):
             self._reported.add(path)
             log.warning("skipping unreadable video: %s", err)
 
-    def __getitem__(self, index: int) -> dict:
-        if not self.train:  # an unreadable test video is left out and counted, never replaced: see collate_readable
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """A test item by index, or a training clip by (epoch, index): its augmentation is drawn from (seed, epoch,
+        index), so the epoch travels with the index from the sampler to whichever worker loads it."""
+        if not self.train:
+            index = key  # an unreadable test video is left out and counted, never replaced: see collate_readable
             record = self.records[index]
             try:
                 video = self.load(record)
@@ -133,7 +132,8 @@ class VideoDataset(Dataset):
                 return {"video": None, "label": record.label, "skipped": 1, "index": index}
             return {"video": video, "label": record.label, "skipped": 0, "index": index}
         # a training clip is replaced by another one: the epoch goes on with the same number of clips
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng([self.seed, epoch, index])
         requested, skipped = index, 0
         for _ in range(self.cfg.max_read_attempts):
             record = self.records[index]

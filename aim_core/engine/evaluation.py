@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from aim_core.config import progress_options
 from aim_core.data.annotations import VideoRecord
 from aim_core.data.video import VideoReadError, video_dataset
 from aim_core.engine.loaders import evaluation_loader
@@ -46,7 +47,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, max_views_per
 
     model.eval()
     indices, probs, labels, skipped = [], [], [], 0
-    for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="eval", leave=False, **progress_options(progress)):
         skipped += int(batch["skipped"].sum())
         if batch["video"] is None:  # every video of the batch was unreadable
             continue

@@ -8,14 +8,22 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from aim_core.data.video import collate_readable
 
 
+class EpochSampler(DistributedSampler):
+    """DistributedSampler whose indices carry their epoch, `(epoch, index)`: a training item's augmentation is
+    seeded by both, and this way worker processes learn the epoch with every index, so they can persist."""
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in super().__iter__())
+
+
 def make_loader(dataset: Dataset, batch_size: int, train: bool, rank: int = 0, world: int = 1, seed: int = 0,
                 workers: int = 0) -> tuple[DataLoader, DistributedSampler]:
     """A loader over this rank's share of `dataset`; training shuffles by (seed, epoch) and drops the last
     incomplete batch, evaluation keeps every item (`evaluate` gathers the ranks' results by index)."""
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=train)
-    # training workers are not persistent: each epoch's workers must get the dataset's new epoch (its RNG seed)
+    sampler = (EpochSampler if train else DistributedSampler)(dataset, num_replicas=world, rank=rank, shuffle=train,
+                                                              seed=seed, drop_last=train)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=train,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0 and not train,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                         collate_fn=None if train else collate_readable)
     return loader, sampler
 

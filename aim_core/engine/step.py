@@ -1,8 +1,9 @@
 """The training step and epoch, one for every mode: `aimfl train` (centralized, DDP) and the Flower clients.
 
 - AdamW over the trainable set only, in parameter groups: no weight decay on norms, biases
-  and embeddings unless `schedule.decay_norm_bias_embed`, and an lr multiplier for everything
-  but the head (`schedule.backbone_lr_mult`; the official ViT-L/14 recipe uses 0.1).
+  and embeddings unless `schedule.decay_norm_bias_embed`, an lr multiplier for everything
+  but the head (`schedule.backbone_lr_mult`; the official ViT-L/14 recipe uses 0.1) and one more for
+  the temporal embedding or bias (`schedule.temporal_lr_mult`).
 - timm's CosineLRScheduler with linear warmup, stepped every optimiser update.
 - bf16 autocast on GPUs, fp32 on the CPU (fp16 with a GradScaler on request), gradient
   clipping, gradient accumulation, label smoothing and timm's mixup/cutmix.
@@ -27,6 +28,7 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from aim_core.config import progress_options
 from aim_core.engine.precision import autocast, resolve_precision
 from aim_core.model.trainable import trainable_names
 
@@ -44,6 +46,8 @@ def parameter_groups(model: nn.Module, schedule) -> list[dict]:
         no_decay = param.ndim <= 1 or "temporal_embedding" in name or "temporal_bias" in name
         decay = schedule.weight_decay if schedule.decay_norm_bias_embed or not no_decay else 0.0
         lr_scale = 1.0 if name.startswith("head.") else schedule.backbone_lr_mult
+        if "temporal_embedding" in name or "temporal_bias" in name:
+            lr_scale *= schedule.temporal_lr_mult
         groups.setdefault((decay, lr_scale), []).append(param)
     return [{"params": p, "weight_decay": wd, "lr_scale": scale} for (wd, scale), p in groups.items()]
 
@@ -168,13 +172,12 @@ def seed_for_epoch(seed: int, epoch: int, stream: int = 0) -> None:
 
 def run_epoch(trainer: Trainer, loader, epoch: int, seed: int, stream: int = 0, desc: str = "",
               show_progress: bool = True) -> dict:
-    """One seeded epoch over a training loader whose sampler and dataset follow the epoch."""
+    """One seeded epoch over a training loader whose sampler hands each index its epoch (`EpochSampler`)."""
     from tqdm import tqdm
 
     seed_for_epoch(seed, epoch, stream)
     loader.sampler.set_epoch(epoch)
-    loader.dataset.set_epoch(epoch)
-    bar = tqdm(loader, desc=desc, disable=not show_progress, leave=False)
+    bar = tqdm(loader, desc=desc, leave=False, **progress_options(show_progress))
     return trainer.train_epoch(bar, progress=bar)
 
 
