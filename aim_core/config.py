@@ -186,6 +186,7 @@ RANGES = {
     "schedule.min_lr": _at_least(0),
     "schedule.warmup_lr_init": _at_least(0),
     "schedule.backbone_lr_mult": _at_least(0),
+    "schedule.temporal_lr_mult": _at_least(0),
     "schedule.weight_decay": _at_least(0),
     "schedule.batch_size": _between(1, 1_000_000),
     "schedule.accumulation_steps": _between(1, 100_000),
@@ -200,6 +201,13 @@ RANGES = {
     "image_pretrain.steps": _at_least(1),
     "image_pretrain.batch_size": _at_least(1),
     "image_pretrain.lr": ("a finite number above 0", lambda v: 0 < v < math.inf),
+    "image_pretrain.warmup_steps": _at_least(0),
+    "image_pretrain.train_images": _at_least(1),
+    "image_pretrain.val_images": _at_least(1),
+    "image_pretrain.mask_ratio": _between(0, 1, closed_high=False),
+    "image_pretrain.reconstruction_weight": _at_least(0),
+    "image_pretrain.figure_weight": _at_least(0),
+    "image_pretrain.label_weight": _at_least(0),
 }
 
 
@@ -233,3 +241,9 @@ def config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = (), 
 
 def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def progress_options(show: bool) -> dict:
+    """tqdm keyword arguments for a bar that shows when `show`: `disable` is passed only to hide it, because an
+    explicit argument overrides tqdm's environment settings (TQDM_DISABLE=1 must hide every bar)."""
+    return {} if show else {"disable": True}

@@ -94,14 +94,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain_image(args: argparse.Namespace) -> None:
-    from aimfl.pretrain_image import pretrain_image_model
+    from aimfl.pretrain_image import ensure_image_model
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or os.path.expanduser(cfg.model.backbone.checkpoint)
-    if os.path.isfile(out) and not args.force:
-        print(f"{out} exists (cached); --force trains it again")
-        return
-    card = pretrain_image_model(cfg, out)
+    card, trained = ensure_image_model(cfg, out, force=args.force)
+    if not trained:
+        print(f"{out} is cached (made by the same recipe); --force trains it again", file=sys.stderr)
     print(json.dumps({"checkpoint": out, "train_seconds": card["train_seconds"], "val_loss": card["val_loss"],
                       "val_accuracy": card["val_accuracy"]}, indent=2))
 
@@ -221,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("overrides", nargs="*", help="key=value config overrides")
     pred.set_defaults(run=cmd_predict)
 
-    pre = commands.add_parser("pretrain-image", help="pre-train the embedded image model on synthetic frames (cached)")
+    pre = commands.add_parser("pretrain-image", help="pre-train the embedded image model on procedural images "
+                                                     "(cached by recipe)")
     pre.add_argument("config", nargs="?", default="synthetic")
     pre.add_argument("overrides", nargs="*")
     pre.add_argument("--out", help="default: the config's model.backbone.checkpoint")

@@ -7,7 +7,8 @@ import json
 import os
 
 from aim_core.data.synthetic import make_synthetic
-from aimfl.pretrain_image import pretrain_image_model
+from aim_core.federated.settings import FederatedSettings, default_run_config
+from aimfl.pretrain_image import ensure_image_model
 
 
 def step(number: int, text: str) -> None:
@@ -36,21 +37,21 @@ def prepare_world(data_root: str, sites: int | None = None) -> None:
 
 def prepare_backbone(cfg) -> None:
     """The embedded pre-trained image model at `cfg.model.backbone.checkpoint`, pre-trained unless cached."""
-    checkpoint = os.path.expanduser(cfg.model.backbone.checkpoint)
-    if os.path.isfile(checkpoint):
-        print("    cached, reused")
-        return
-    card = pretrain_image_model(cfg, checkpoint)
-    print(f"    pre-trained in {card['train_seconds']:.0f} s, val loss {card['val_loss']:.3f}")
+    card, trained = ensure_image_model(cfg, os.path.expanduser(cfg.model.backbone.checkpoint))
+    print(f"    pre-trained in {card['train_seconds']:.0f} s, val loss {card['val_loss']:.3f}" if trained
+          else "    cached, reused")
 
 
 def federated_run_config(cfg, config: str, overrides: tuple[str, ...], **keys) -> dict:
     """The Flower run config that trains `cfg` federated (the aimfl config named `config`, its data root and
-    backbone weights fixed, plus `overrides`) with its lr, batch size and seed; `keys` sets the rest."""
-    return {
+    backbone weights fixed, plus `overrides`) with its lr, batch size and seed; `keys` sets the rest. Every value
+    is checked here, before any process starts (a bad key is named)."""
+    run_config = {
         "config": os.path.abspath(config) if os.path.isfile(config) else config,
         "overrides": " ".join([f"data.root={cfg.data.root}",
                                f"model.backbone.checkpoint={cfg.model.backbone.checkpoint}", *overrides]),
         "lr": cfg.schedule.lr, "batch-size": cfg.schedule.batch_size, "seed": cfg.seed,
         "client-eval-every": 0, "local-val-fraction": 0.0, **keys,
     }
+    FederatedSettings.from_run_config({**default_run_config(), **run_config})
+    return run_config

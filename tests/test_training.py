@@ -172,7 +172,7 @@ def test_mixup_and_cutmix_mix_whole_clips(tiny_cfg):
 
 
 def test_training_loader_workers_see_each_new_epoch(tiny_cfg, synthetic_world):
-    """Augmentation is seeded by (seed, epoch, index); worker processes must get every new epoch."""
+    """Augmentation is seeded by (seed, epoch, index); persistent worker processes must get every new epoch."""
     from aim_core.data.video import build_dataset
     from aim_core.engine.loaders import make_loader
 
@@ -180,9 +180,9 @@ def test_training_loader_workers_see_each_new_epoch(tiny_cfg, synthetic_world):
     dataset = build_dataset(cfg, "train")
     loader, sampler = make_loader(dataset, 6, train=True, rank=0, world=1, seed=0, workers=2)
     seen = []
+    assert loader.persistent_workers
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
         seen.append({int(i): v for batch in loader for i, v in zip(batch["index"], batch["video"])})
     common = seen[0].keys() & seen[1].keys()
     assert common and all(not torch.equal(seen[0][i], seen[1][i]) for i in common)
@@ -192,12 +192,12 @@ def test_pretrain_image_saves_timm_weights_the_synthetic_config_loads(tiny_cfg, 
     from aimfl.pretrain_image import pretrain_image_model
 
     out = tmp_path / "vit.pth"
-    steps = ["image_pretrain.steps=60", "image_pretrain.warmup_steps=10", "image_pretrain.train_frames=500",
-             "image_pretrain.val_frames=100"]
+    steps = ["image_pretrain.steps=60", "image_pretrain.warmup_steps=10", "image_pretrain.train_images=500",
+             "image_pretrain.val_images=100"]
     card = pretrain_image_model(tiny_cfg("synthetic", *steps), str(out), progress=False)
     assert card["loss_history"][-1]["loss"] < card["loss_history"][0]["loss"]
     saved = torch.load(out)
-    assert not any(k.startswith("head.") for k in saved)  # the attribute head is not part of the backbone
+    assert not any(k.startswith("head.") for k in saved)  # the pre-training heads are not part of the backbone
 
     model = build_model(tiny_cfg("synthetic", f"model.backbone.checkpoint={out}").model)
     ours = dict(model.named_parameters())

@@ -1,0 +1,88 @@
+"""Transfer benchmark: does the embedded image model, frozen, let AIM learn time on worlds nobody here trained it on?
+
+For each world of `benchmarks/motion_worlds.py` (classes that differ only in frame order), it trains the frozen
+space-only linear probe, +temporal and AIM with `aimfl train` on `configs/synthetic.yaml`, changing only the data
+keys, exactly as a user with their own videos would, and reports top-1 against the world's frame-averaging bound,
+the trainable count and the wall time. With an empty cache the image model's pre-training (`aimfl pretrain-image`)
+runs first, and its time is reported too.
+
+    python benchmarks/transfer.py [--out outputs/transfer] [--worlds direction rotation] [--set key=value ...]
+
+Writes OUT/transfer.json (and prints a Markdown table); `--save` also copies it to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from motion_worlds import WORLDS, make_world
+
+VARIANTS = ["space_only", "temporal", "aim"]
+LABELS = {"space_only": "frozen space-only", "temporal": "+ temporal", "aim": "AIM"}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def aimfl(*args: str) -> float:
+    """Runs one aimfl command and returns its wall time; its output goes to the console."""
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "aimfl", *args], check=True)
+    return time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/transfer")
+    parser.add_argument("--config", default="configs/synthetic.yaml")
+    parser.add_argument("--worlds", nargs="+", choices=list(WORLDS), default=list(WORLDS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument("--train", type=int, default=160, help="training clips per world")
+    parser.add_argument("--val", type=int, default=64, help="validation clips per world")
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="config overrides for every run")
+    parser.add_argument("--save", action="store_true", help="also write benchmarks/results/transfer.json")
+    args = parser.parse_args()
+
+    pretrain_seconds = aimfl("pretrain-image", args.config, *args.overrides)
+    rows = []
+    for world in args.worlds:
+        root = os.path.abspath(os.path.join(args.out, "worlds", world))
+        shutil.rmtree(root, ignore_errors=True)
+        card = make_world(root, world, args.train, args.val, seed=0)
+        data = [f"data.root={root}", f"data.train_list={root}/train.txt", f"data.val_list={root}/val.txt",
+                f"data.class_names={root}/classes.txt", f"data.num_classes={len(card['classes'])}"]
+        for variant in args.variants:
+            run_dir = os.path.join(args.out, "runs", world, variant)
+            seconds = aimfl("train", args.config, *data, *args.overrides, f"model.variant={variant}",
+                            f"output_dir={run_dir}", "overwrite=true")
+            with open(os.path.join(run_dir, "final.json")) as f:
+                final = json.load(f)
+            rows.append({"world": world, "variant": variant, "val_top1": final["val_top1"],
+                         "frame_averaging_bound": card["frame_averaging_bound"],
+                         "trainable_params": final["trainable_params"], "total_params": final["total_params"],
+                         "wall_seconds": round(seconds, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+
+    lines = ["| world | run | top-1 | frame-averaging bound | trainable | wall time |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['world']} | {LABELS[r['variant']]} | {r['val_top1']:.1%} | "
+                     f"{r['frame_averaging_bound']:.0%} | {r['trainable_params']:,} of {r['total_params']:,} | "
+                     f"{r['wall_seconds']:.0f} s |")
+    table = "\n".join(lines)
+    print(f"image model: {pretrain_seconds:.0f} s (pre-training, or reading the cache)\n{table}")
+    report = {"config": args.config, "overrides": args.overrides, "train_clips": args.train, "val_clips": args.val,
+              "pretrain_image_seconds": round(pretrain_seconds, 1), "rows": rows, "markdown": table,
+              "total_seconds": round(pretrain_seconds + sum(r["wall_seconds"] for r in rows), 1)}
+    os.makedirs(args.out, exist_ok=True)
+    for folder in [args.out] + ([RESULTS] if args.save else []):
+        with open(os.path.join(folder, "transfer.json"), "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

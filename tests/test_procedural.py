@@ -1,0 +1,87 @@
+"""The embedded image model's pre-training images, and the transfer benchmark's motion worlds."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aim_core.data.procedural import BACKGROUNDS, GEOMETRY, IMAGE_FLAGS, IMAGE_LABELS, figure_geometry, render_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_same_seed_draws_the_same_images_and_another_seed_others():
+    a, b, c = render_batch(20, 64, 8, 3), render_batch(20, 64, 8, 3), render_batch(20, 64, 8, 4)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.image_labels, b.image_labels)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_labels_describe_what_the_image_shows():
+    batch = render_batch(300, 64, 8, 0)
+    count, background = batch.image_labels[:, 0], batch.image_labels[:, 1]
+    shapes = batch.image_labels[:, len(IMAGE_LABELS):len(IMAGE_LABELS) + IMAGE_FLAGS["shapes"]]
+    assert set(background) == set(range(len(BACKGROUNDS)))  # every background kind is drawn
+    assert (shapes.sum(1) <= count).all()  # no more distinct shapes than objects
+    empty = count == 0
+    assert empty.any() and not batch.object_masks[empty].any()  # no object, no figure pixel
+    assert batch.object_masks[~empty].any(axis=(1, 2)).all()
+    # patch labels: an object patch (class > 0) lies on a figure pixel at the patch centre
+    centres = batch.object_masks[:, 4::8, 4::8]
+    assert np.array_equal(batch.patch_labels[:, 0] > 0, centres)
+    np.testing.assert_allclose(batch.figure_geometry[empty], [[0.5, 0.5] + [0.0] * (len(GEOMETRY) - 2)] * empty.sum())
+
+
+def test_figure_geometry_follows_the_figure():
+    coords = (np.arange(64) + 0.5) / 64
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    mask = (np.abs(xx - 0.25) < 0.1) & (np.abs(yy - 0.75) < 0.05)  # a wide bar at the lower left
+    g = dict(zip(GEOMETRY, figure_geometry(mask, yy, xx)))
+    assert g["x"] == pytest.approx(0.25, abs=0.01) and g["y"] == pytest.approx(0.75, abs=0.01)
+    assert g["size"] == pytest.approx(np.sqrt(mask.mean()))
+    assert g["spread_x"] > 1.5 * g["spread_y"]
+    turned = figure_geometry(mask.T, yy, xx)  # the same bar mirrored about the diagonal: upright
+    assert dict(zip(GEOMETRY, turned))["spread_y"] == pytest.approx(g["spread_x"])
+
+
+def motion_worlds():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import motion_worlds
+
+    return motion_worlds
+
+
+def test_the_transfer_worlds_share_no_code_with_the_pre_training_data_or_the_demo_world():
+    tree = ast.parse((ROOT / "benchmarks" / "motion_worlds.py").read_text())
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(m and m.split(".")[0] in ("aim_core", "aimfl") for m in modules), modules
+
+
+@pytest.mark.parametrize("world", ["direction", "rotation", "approach", "speed"])
+def test_each_world_moves_and_its_frames_do_not_tell_its_order(world):
+    worlds = motion_worlds()
+    make, classes = worlds.WORLDS[world]
+    frames = np.stack(make(np.random.default_rng(0), 0))
+    assert frames.shape == (worlds.FRAMES, worlds.SIZE, worlds.SIZE, 3)
+    assert np.abs(np.diff(frames, axis=0)).mean() > 0.5  # something moves
+    assert len(classes) % 2 == 0 and worlds.frame_averaging_bound(classes) == 0.5
+
+
+def test_a_worlds_odd_class_is_its_even_class_played_backwards(tmp_path):
+    import decord
+
+    worlds = motion_worlds()
+    card = worlds.make_world(str(tmp_path), "approach", train=4, val=2, seed=0)
+    assert card["frame_averaging_bound"] == 0.5
+    lines = [line.split() for line in (tmp_path / "train.txt").read_text().splitlines()]
+    assert sorted(int(label) for _, label in lines) == [0, 0, 1, 1]
+    # the same generator draw, played backwards, is the odd class: recede is approach reversed
+    sizes = {}
+    for path, label in lines:
+        video = decord.VideoReader(str(tmp_path / path)).get_batch(list(range(16))).asnumpy().astype(float)
+        change = np.abs(video - np.median(video, 0)).sum(-1) > 60
+        sizes.setdefault(int(label), []).append(change[0].sum() < change[-1].sum())  # the ball grows
+    assert all(sizes[0]) and not any(sizes[1])
