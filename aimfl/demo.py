@@ -66,6 +66,8 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
     run_config = federated_run_config(
         cfg, config, overrides, **{"num-server-rounds": rounds, "local-epochs": demo.local_epochs,
                                    "warmup-rounds": round(cfg.schedule.warmup_epochs / demo.local_epochs),
+                                   "strategy": demo.strategy, "client-optimizer": demo.client_optimizer,
+                                   "update-codec": demo.codec, "downlink-codec": demo.downlink_codec,
                                    "min-nodes": demo.clients, "central-eval-every": demo.central_eval_every,
                                    "partition-dir": partitions, "out-dir": fed_out, "overwrite": True})
     log_path = os.path.join(out, "federated.log")

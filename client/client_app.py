@@ -28,7 +28,7 @@ from aim_core.config import to_dict
 from aim_core.engine.evaluation import evaluate_records
 from aim_core.engine.precision import default_device
 from aim_core.federated.codec import decode_state, encode_update
-from aim_core.federated.local import ResidualStore, client_setup, residual_folder, train_round
+from aim_core.federated.local import client_setup, client_store, train_round
 from aim_core.federated.settings import FederatedSettings
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import load_trainable_state, trainable_state
@@ -69,17 +69,18 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])
     received = decode_state(msg.content["arrays"])
     model = model_with(cfg, received)
+    store = client_store(context.node_config, settings, data, context.state)
     metrics = train_round(model, cfg, data, server_round, settings.local_epochs,
-                          float(config.get("proximal-mu", 0.0)), default_device())
+                          float(config.get("proximal-mu", 0.0)), default_device(),
+                          store=store if settings.client_optimizer == "kept" else None)
     log(INFO, "round %d: trained on %d videos of %s in %.1f s, loss %.4f, %d unreadable skipped", server_round,
              metrics["num-examples"], data.source, metrics["train-seconds"], metrics["train-loss"],
              metrics["skipped-videos"])
-    residuals = ResidualStore(residual_folder(context.node_config, settings, data), context.state)
-    residual = residuals.load(server_round) if settings.update_codec == "topk" else None
+    residual = store.load("residual", server_round) if settings.update_codec == "topk" else None
     arrays, residual = encode_update(trainable_state(model), received, settings.update_codec, settings.topk_fraction,
                                      residual)
     if residual is not None:
-        residuals.save(server_round, residual)
+        store.save("residual", server_round, residual)
     reply = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content=reply, reply_to=msg)
 

@@ -80,7 +80,8 @@ def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synth
         assert 0 <= record["central"]["top1"] <= 1 and record["client_eval"]["clients"] == 3
     final = json.loads((out / "final.json").read_text())
     assert final["bytes_per_update"] == trainable * 2 and final["rounds_done"] == 2
-    assert final["full_model_bytes"] == count_parameters(model)["total_params"] * 2
+    assert final["full_model_bytes"] == count_parameters(model)["total_params"] * 4  # the whole model in fp32
+    assert final["bytes_total"] == sum(r["bytes_sent"] + r["bytes_received"] for r in rounds)
     checkpoint = load_training_state(out / "checkpoints" / "last.pt")
     assert checkpoint["round"] == 2 and set(checkpoint["arrays"]) == set(trainable_names(model))
     for name in ("accuracy", "loss", "bytes", "label_distribution"):
@@ -193,13 +194,18 @@ def test_fedavg_with_one_client_equals_centralized_training(synthetic_world, par
 @pytest.mark.slow
 def test_fedadam_stopped_after_round_one_and_resumed_equals_an_uninterrupted_run(synthetic_world, partitions,
                                                                                tmp_path):
+    """With top-k updates (their error-feedback residual) and clients keeping their AdamW moments: what a client
+    keeps between rounds survives the resume too."""
     def fedadam(out, **values):
         return run_config(synthetic_world, partitions / "iid2", out, 2, strategy="fedadam", server_lr=0.01,
-                          client_eval_every=0, central_eval_every=2, **values)
+                          client_eval_every=0, central_eval_every=2, update_codec="topk", topk_fraction=0.1,
+                          client_optimizer="kept", **values)
 
     flwr_run(fedadam(tmp_path / "full"), 2, tmp_path / "full.log")
     flwr_run(fedadam(tmp_path / "split", stop_after_round=1), 2, tmp_path / "first.log")
     assert load_training_state(tmp_path / "split" / "checkpoints" / "last.pt")["round"] == 1
+    kept = sorted(p.name for p in (tmp_path / "split" / "client-state" / "client_000").iterdir())
+    assert kept == ["optimizer_round00001.safetensors", "residual_round00001.safetensors"]
     log = flwr_run(fedadam(tmp_path / "split", resume=True), 2, tmp_path / "second.log")
     assert "resuming after round 1" in log
 

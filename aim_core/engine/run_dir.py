@@ -17,9 +17,10 @@ import os
 import shutil
 from dataclasses import dataclass
 
-# What centralized and federated runs write into their folder.
+# What centralized and federated runs write into their folder (client-state: what simulated clients keep between
+# rounds, `aim_core.federated.local.ClientStore`).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "final.json", "final.safetensors", "best.safetensors", "checkpoints",
-             "eval", "plots", "tensorboard")
+             "eval", "plots", "tensorboard", "client-state")
 LOCK_NAME = ".lock"
 
 

@@ -134,57 +134,86 @@ def client_setup(node_config: dict, settings: FederatedSettings):
     return cfg, ClientData(train, val, root, stream, path, partition)
 
 
-class ResidualStore:
-    """A client's top-k error-feedback residual between rounds: the part of its updates not sent yet. It never
-    leaves the client. It is kept in `folder` (a simulated client's folder under the server's out-dir, or a deployed
-    site's `state-dir`), so that a resumed run picks up the residual of the round it resumes after, or else in
-    Flower's `context.state` (`state`), which lives as long as the run.
+class ClientStore:
+    """What a client keeps between rounds, by name: its top-k error-feedback residual (the part of its updates not
+    sent yet) and, with `client-optimizer=kept`, its AdamW moments. None of it leaves the client. It is kept in
+    `folder` (a simulated client's folder beside the server's run, or a deployed site's `state-dir`), so that a
+    resumed run picks up what was kept after the round it resumes after, or else in Flower's `context.state`
+    (`state`), which lives as long as the run.
 
-    `load(r)` gives the residual saved after the latest round before r (None: none yet); `save(r, residual)` keeps it.
+    `load(name, r)` gives the tensors saved after the latest round before r (None: none yet); `save(name, r, tensors)`
+    keeps them.
     """
 
-    KEEP = 2  # rounds of residual files kept: a run that crashed after a client's round resumes one round earlier
+    KEEP = 2  # rounds kept per name: a run that crashed after a client's round resumes one round earlier
 
     def __init__(self, folder: str | None, state):
         self.folder, self.state = folder, state
 
-    def _files(self) -> dict[int, str]:
-        pattern = os.path.join(self.folder, "residual_round*.safetensors")
-        return {int(re.search(r"round(\d+)", path).group(1)): path for path in glob.glob(pattern)}
+    def _files(self, name: str) -> dict[int, str]:
+        pattern = os.path.join(self.folder, f"{name}_round*.safetensors")
+        return {int(re.search(r"_round(\d+)\.", path).group(1)): path for path in glob.glob(pattern)}
 
-    def load(self, server_round: int) -> dict[str, torch.Tensor] | None:
+    def load(self, name: str, server_round: int) -> dict[str, torch.Tensor] | None:
         if self.folder is None:
-            if "topk-residual" not in self.state or self.state["topk-config"]["round"] >= server_round:
+            if name not in self.state or self.state[f"{name}-round"]["round"] >= server_round:
                 return None
-            return self.state["topk-residual"].to_torch_state_dict()
-        earlier = [r for r in self._files() if r < server_round]
-        return load_file(self._files()[max(earlier)]) if earlier else None
+            return self.state[name].to_torch_state_dict()
+        files = self._files(name)
+        earlier = [r for r in files if r < server_round]
+        return load_file(files[max(earlier)]) if earlier else None
 
-    def save(self, server_round: int, residual: dict[str, torch.Tensor]) -> None:
+    def save(self, name: str, server_round: int, tensors: dict[str, torch.Tensor]) -> None:
         from flwr.app import ArrayRecord, ConfigRecord
 
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         if self.folder is None:
-            self.state["topk-residual"] = ArrayRecord({k: v.contiguous() for k, v in residual.items()})
-            self.state["topk-config"] = ConfigRecord({"round": server_round})
+            self.state[name] = ArrayRecord(tensors)
+            self.state[f"{name}-round"] = ConfigRecord({"round": server_round})
             return
         os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, f"residual_round{server_round:05d}.safetensors")
-        atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in residual.items()}, tmp))
-        for old in sorted(self._files())[:-self.KEEP]:
-            os.remove(self._files()[old])
+        path = os.path.join(self.folder, f"{name}_round{server_round:05d}.safetensors")
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        files = self._files(name)
+        for old in sorted(files)[:-self.KEEP]:
+            os.remove(files[old])
 
 
-def residual_folder(node_config: dict, settings: FederatedSettings, data: ClientData) -> str | None:
-    """Where a client keeps its error-feedback residual: a deployed site's `state-dir` (optional), or a simulated
-    client's folder beside the server's run."""
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An AdamW's per-parameter state (step, moments) as named tensors, by the parameter's place in its groups."""
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"{index}.{key}"] = torch.as_tensor(value)
+    return tensors
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    saved = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def client_store(node_config: dict, settings: FederatedSettings, data: ClientData, state) -> ClientStore:
+    """Where a client keeps what it keeps between rounds: a deployed site's `state-dir` (optional; else Flower's
+    context.state `state`), or a simulated client's folder beside the server's run."""
+    return ClientStore(client_folder(node_config, settings, data), state)
+
+
+def client_folder(node_config: dict, settings: FederatedSettings, data: ClientData) -> str | None:
     if data.partition < 0:
         return os.path.expanduser(str(node_config["state-dir"])) if "state-dir" in node_config else None
     return os.path.join(os.path.abspath(settings.out_dir), "client-state", f"client_{data.partition:03d}")
 
 
 def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int, local_epochs: int,
-                proximal_mu: float, device: torch.device, show_progress: bool = False) -> dict:
-    """`local_epochs` epochs of local training from the weights already in `model`; returns the reply metrics."""
+                proximal_mu: float, device: torch.device, store: ClientStore | None = None,
+                show_progress: bool = False) -> dict:
+    """`local_epochs` epochs of local training from the weights already in `model`; returns the reply metrics.
+    With a `store`, the AdamW moments carry on from the client's previous round (`client-optimizer=kept`)."""
     started = time.time()
     sched = cfg.schedule
     dataset = video_dataset(cfg, data.train, data.root, train=True)
@@ -195,6 +224,9 @@ def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int
         raise ValueError(f"{data.source}: {len(dataset)} training videos make no optimiser update at batch size "
                          f"{sched.batch_size}; give this client more videos or lower batch-size")
     trainer = build_trainer(model, cfg, device, updates_per_epoch)
+    kept = store.load("optimizer", server_round) if store is not None else None
+    if kept is not None:
+        restore_optimizer(trainer.optimizer, kept)
     trainer.start_at((server_round - 1) * local_epochs * updates_per_epoch)
     trainer.anchor_proximal(proximal_mu)
     loss, clips, skipped = 0.0, 0, 0
@@ -205,5 +237,7 @@ def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int
         loss += stats["loss"] * stats["clips"]
         clips += stats["clips"]
         skipped += stats["skipped"]
+    if store is not None:
+        store.save("optimizer", server_round, optimizer_tensors(trainer.optimizer))
     return {"train-loss": loss / max(clips, 1), "num-examples": len(dataset), "skipped-videos": skipped,
             "train-seconds": time.time() - started, "partition-id": data.partition}

@@ -56,6 +56,7 @@ SETTINGS_RANGES = [
     ("central-eval-every", *_between(0, 100_000)),
     ("client-eval-every", *_between(0, 100_000)),
     ("local-val-fraction", "a number in [0, 1)", lambda v: 0 <= v < 1),
+    ("client-optimizer", *_choice("fresh", "kept")),
     ("update-codec", *_choice(*CODECS)),
     ("downlink-codec", *_choice(*DOWNLINK_CODECS)),
     ("topk-fraction", "a number in (0, 1]", lambda v: 0 < v <= 1),
@@ -96,6 +97,7 @@ class FederatedSettings:
     central_eval_every: int
     client_eval_every: int
     local_val_fraction: float
+    client_optimizer: str
     update_codec: str
     downlink_codec: str
     topk_fraction: float
