@@ -29,7 +29,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from aim_core.config import progress_options
-from aim_core.data.procedural import GEOMETRY, IMAGE_FLAGS, IMAGE_LABELS, PATCH_LABELS, Batch, render_batch
+from aim_core.data.procedural import GEOMETRY, IMAGE_FLAGS, IMAGE_LABELS, PATCH_LABELS, VERSION, Batch, render_batch
 from aim_core.engine.checkpoint import atomic_write
 from aim_core.model.backbones import build_timm_model
 
@@ -109,8 +109,9 @@ def label_accuracy(*outputs_and_labels) -> dict[str, float]:
 
 
 def recipe_of(cfg) -> dict:
-    """What makes the embedded image model what it is: the backbone's shape and the pre-training settings."""
-    return {"timm_model": cfg.model.backbone.name, "overrides": dict(cfg.model.backbone.overrides),
+    """What makes the embedded image model what it is: the backbone's shape, the pre-training settings and the
+    version of the images it learns from."""
+    return {"images_version": VERSION, "timm_model": cfg.model.backbone.name, "overrides": dict(cfg.model.backbone.overrides),
             "image_size": cfg.model.image_size, **{key: cfg.image_pretrain[key] for key in cfg.image_pretrain}}
 
 

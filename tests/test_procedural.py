@@ -1,11 +1,13 @@
 """The embedded image model's pre-training images, and the transfer benchmark's motion worlds."""
 
 import ast
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import aimfl.pretrain_image as pretrain
 from aim_core.data.procedural import BACKGROUNDS, GEOMETRY, IMAGE_FLAGS, IMAGE_LABELS, figure_geometry, render_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +87,22 @@ def test_a_worlds_odd_class_is_its_even_class_played_backwards(tmp_path):
         change = np.abs(video - np.median(video, 0)).sum(-1) > 60
         sizes.setdefault(int(label), []).append(change[0].sum() < change[-1].sum())  # the ball grows
     assert all(sizes[0]) and not any(sizes[1])
+
+
+def test_the_embedded_model_cache_is_keyed_by_its_recipe(tiny_cfg, tmp_path, monkeypatch):
+    trained = []
+
+    def fake_pretrain(cfg, out, progress=True):
+        trained.append(cfg.image_pretrain.steps)
+        card = {"recipe": pretrain.recipe_of(cfg), "train_seconds": 1.0, "val_loss": 0.0, "val_accuracy": {}}
+        (tmp_path / "vit.pth").write_bytes(b"weights")
+        (tmp_path / "vit.json").write_text(json.dumps(card))
+        return card
+
+    monkeypatch.setattr(pretrain, "pretrain_image_model", fake_pretrain)
+    out = str(tmp_path / "vit.pth")
+    assert pretrain.ensure_image_model(tiny_cfg("synthetic"), out)[1] is True
+    assert pretrain.ensure_image_model(tiny_cfg("synthetic"), out)[1] is False  # the same recipe: cached
+    assert pretrain.ensure_image_model(tiny_cfg("synthetic", "image_pretrain.steps=7"), out)[1] is True  # another
+    assert pretrain.ensure_image_model(tiny_cfg("synthetic", "image_pretrain.steps=7"), out, force=True)[1] is True
+    assert trained == [1400, 7, 7]

@@ -5,6 +5,7 @@ import os
 
 import decord
 import numpy as np
+import pytest
 
 from aim_core.data.synthetic import CLASS_NAMES, make_synthetic, order_pairs, render_frames, sample_spec
 
@@ -52,3 +53,14 @@ def test_files_are_decodable_h264_with_the_rendered_content(tmp_path):
     with av.open(str(tmp_path / path)) as container:
         assert container.streams.video[0].codec_context.name == "h264"
     assert open(tmp_path / "classes.txt").read().split() == CLASS_NAMES
+
+
+@pytest.mark.slow
+def test_tqdm_disable_hides_every_progress_bar(tmp_path):
+    """tqdm reads TQDM_DISABLE only for arguments not given: aimfl passes `disable` only to hide a bar."""
+    from helpers import aimfl
+
+    shown = aimfl("make-synthetic", str(tmp_path / "a"), "--train-per-class", "1", "--val-per-class", "1")
+    hidden = aimfl("make-synthetic", str(tmp_path / "b"), "--train-per-class", "1", "--val-per-class", "1",
+                   env={"TQDM_DISABLE": "1"})
+    assert "synthetic clips" in shown.stderr and "synthetic clips" not in hidden.stderr

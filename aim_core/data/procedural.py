@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Bumped whenever what `render_batch` draws changes: the embedded image model's cache is keyed by it.
+VERSION = 2
 SHAPES = ("square", "disc", "triangle", "ring", "cross", "star", "ellipse", "diamond", "hexagon", "bar")
 BACKGROUNDS = ("plain", "gradient", "noise", "blocks", "stripes", "fractal")
 MAX_OBJECTS = 4

@@ -124,7 +124,8 @@ class AIMSwinTransformer(nn.Module):
         for stage in swin.layers:
             blocks = []
             for j, block in enumerate(stage.blocks):
-                block.attn.fused_attn = bool(cfg.swin_fused_attention)  # timm's default: off (experimental)
+                # timm leaves its fused path off (experimental); measured faster here (benchmarks/swin_attention.py)
+                block.attn.fused_attn = bool(cfg.swin_fused_attention)
                 on = adapt if next(layers) else off
                 # temporal attention in every other block of a stage, the non-shifted ones (official t_attn = i%2 == 0)
                 on = Adaptations(on.spatial, on.temporal and j % 2 == 0, on.joint, on.full_finetune)
