@@ -76,7 +76,7 @@ def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synth
         assert len(record["clients"]) == 3
         for client in record["clients"].values():
             assert client["bytes_received"] == trainable * 2  # fp16 on the wire
-            assert client["bytes_sent"] == 2 * trainable * 2  # the train and the evaluate message
+            assert client["bytes_sent"] == 2 * trainable * 4  # train and evaluate messages, fp32 downlink (default)
         assert 0 <= record["central"]["top1"] <= 1 and record["client_eval"]["clients"] == 3
     final = json.loads((out / "final.json").read_text())
     assert final["bytes_per_update"] == trainable * 2 and final["rounds_done"] == 2
@@ -167,8 +167,9 @@ def test_nan_missing_key_and_raising_clients_are_rejected_and_the_run_completes(
     (record,) = history(out)
     assert record["accepted_updates"] == 1 and record["rejected_updates"] == 3
     reasons = sorted(r["reason"] for r in record["rejections"])
-    assert "error reply" in reasons[0] and "injected client failure" in reasons[0]
-    assert any("non-finite values" in r for r in reasons) and any("key set differs: 1 missing" in r for r in reasons)
+    assert any("error reply" in r and "injected client failure" in r for r in reasons)
+    assert any("non-finite values" in r for r in reasons) and any("array set differs" in r and "1 missing" in r
+                                                                  for r in reasons)
     assert log.count("rejected the update of node") == 3
     assert not record["kept_previous_state"] and (out / "final.safetensors").is_file()
 

@@ -56,10 +56,11 @@ def test_files_are_decodable_h264_with_the_rendered_content(tmp_path):
 
 
 @pytest.mark.slow
-def test_tqdm_disable_hides_every_progress_bar(tmp_path):
+def test_tqdm_disable_hides_every_progress_bar(tmp_path, monkeypatch):
     """tqdm reads TQDM_DISABLE only for arguments not given: aimfl passes `disable` only to hide a bar."""
     from helpers import aimfl
 
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # the suite itself may run with bars hidden
     shown = aimfl("make-synthetic", str(tmp_path / "a"), "--train-per-class", "1", "--val-per-class", "1")
     hidden = aimfl("make-synthetic", str(tmp_path / "b"), "--train-per-class", "1", "--val-per-class", "1",
                    env={"TQDM_DISABLE": "1"})
