@@ -198,6 +198,7 @@ RANGES = {
     "schedule.mixup_switch_prob": _between(0, 1),
     "seed": _between(0, 2**32 - 1),
     "eval_every": _at_least(1),
+    "log_every": _at_least(1),
     "image_pretrain.steps": _at_least(1),
     "image_pretrain.batch_size": _at_least(1),
     "image_pretrain.lr": ("a finite number above 0", lambda v: 0 < v < math.inf),

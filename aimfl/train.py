@@ -151,7 +151,7 @@ class CentralizedTraining:
         cfg, model, rank = self.cfg, self.model, self.rank
         epochs, epoch_start = cfg.schedule.epochs, time.time()
         stats = run_epoch(self.trainer, self.train_loader, epoch, cfg.seed, desc=f"epoch {epoch + 1}/{epochs}",
-                          show_progress=rank == 0)
+                          show_progress=rank == 0, log_every=cfg.log_every, on_log=self.metrics.log_step)
         totals = sum_over_ranks({"loss": stats["loss"] * stats["clips"], "clips": stats["clips"],
                                  "skipped": stats["skipped"]}, self.world)
         self.skipped_train += int(totals["skipped"])

@@ -39,7 +39,14 @@ def test_a_run_writes_final_json_checkpoints_and_reports(trained_run):
     for name in ("final.safetensors", "checkpoints/last.pt", "checkpoints/best.safetensors",
                  "eval/per_class_accuracy.csv", "eval/confusion_matrix.png"):
         assert (trained_run / name).is_file(), name
-    assert any((trained_run / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"))
+    events.Reload()
+    assert {"step/loss", "step/lr", "train_loss", "val_top1"} <= set(events.Tags()["scalars"])
+    steps = [e.step for e in events.Scalars("step/loss")]  # every log_every micro-batches: the first of each epoch
+    assert len(steps) == 3 and steps == sorted(set(steps)) and steps[0] == 1
+    assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -29,6 +29,12 @@ class MetricsLog:
             f.writelines(kept)
         self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
 
+    def log_step(self, update: int, loss: float, lr: float) -> None:
+        """Per-step scalars, in TensorBoard only (`step/loss`, `step/lr` against optimiser updates)."""
+        if self.enabled:
+            self.writer.add_scalar("step/loss", loss, update)
+            self.writer.add_scalar("step/lr", lr, update)
+
     def log(self, step: int, **values) -> None:
         """One record; its numbers are also TensorBoard scalars at `step`."""
         if not self.enabled:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,10 +144,12 @@ class Trainer:
             self.scheduler.step_update(self.updates)
         return loss.detach()
 
-    def train_epoch(self, batches: Iterable[dict], progress=None, postfix_every: int = 10) -> dict:
+    def train_epoch(self, batches: Iterable[dict], progress=None, log_every: int = 10,
+                    on_log: Callable[[int, float, float], None] | None = None) -> dict:
         """One pass over `batches`; returns the mean loss, clips seen and unreadable videos skipped.
 
-        `progress` (a tqdm bar) shows the loss every `postfix_every` micro-batches."""
+        Every `log_every` micro-batches the loss and lr go to `progress` (a tqdm bar) and to `on_log(updates, loss,
+        lr)`: reading the loss waits for the device, so it is not read every step."""
         self.model.train()
         total_loss, clips, skipped = torch.zeros((), device=self.device), 0, 0
         for micro, batch in enumerate(batches):
@@ -155,8 +157,12 @@ class Trainer:
             total_loss += loss * len(batch["label"])
             clips += len(batch["label"])
             skipped += int(batch["skipped"].sum())
-            if progress is not None and micro % postfix_every == 0:
-                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if micro % log_every == 0 and (progress is not None or on_log is not None):
+                value, lr = loss.item(), self.optimizer.param_groups[0]["lr"]
+                if progress is not None:
+                    progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                if on_log is not None:
+                    on_log(self.updates, value, lr)
         return {"loss": total_loss.item() / max(clips, 1), "clips": clips, "skipped": skipped}
 
 
@@ -171,14 +177,15 @@ def seed_for_epoch(seed: int, epoch: int, stream: int = 0) -> None:
 
 
 def run_epoch(trainer: Trainer, loader, epoch: int, seed: int, stream: int = 0, desc: str = "",
-              show_progress: bool = True) -> dict:
+              show_progress: bool = True, log_every: int = 10,
+              on_log: Callable[[int, float, float], None] | None = None) -> dict:
     """One seeded epoch over a training loader whose sampler hands each index its epoch (`EpochSampler`)."""
     from tqdm import tqdm
 
     seed_for_epoch(seed, epoch, stream)
     loader.sampler.set_epoch(epoch)
     bar = tqdm(loader, desc=desc, leave=False, **progress_options(show_progress))
-    return trainer.train_epoch(bar, progress=bar)
+    return trainer.train_epoch(bar, progress=bar, log_every=log_every, on_log=on_log)
 
 
 def build_trainer(model: nn.Module, cfg, device: torch.device, updates_per_epoch: int) -> Trainer:

@@ -233,7 +233,7 @@ def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int
     for local_epoch in range(local_epochs):
         epoch = (server_round - 1) * local_epochs + local_epoch
         stats = run_epoch(trainer, loader, epoch, cfg.seed, stream=data.stream, show_progress=show_progress,
-                          desc=f"round {server_round} epoch {local_epoch + 1}/{local_epochs}")
+                          desc=f"round {server_round} epoch {local_epoch + 1}/{local_epochs}", log_every=cfg.log_every)
         loss += stats["loss"] * stats["clips"]
         clips += stats["clips"]
         skipped += stats["skipped"]
