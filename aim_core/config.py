@@ -40,6 +40,19 @@ def resolve_config_path(name: str, bundled_only: bool = False) -> str:
     raise ConfigError(f"config {name!r} not found (neither a file nor a name in {CONFIG_DIR})")
 
 
+def list_configs() -> list[tuple[str, str]]:
+    """(name, first comment line) of each experiment config in configs/ (base.yaml and the data/ fragments are
+    layers, not experiments)."""
+    listed = []
+    for file in sorted(os.listdir(CONFIG_DIR)):
+        if not file.endswith(".yaml") or file == "base.yaml":
+            continue
+        with open(os.path.join(CONFIG_DIR, file)) as f:
+            first = f.readline().strip()
+        listed.append((file[:-len(".yaml")], first.lstrip("# ") if first.startswith("#") else ""))
+    return listed
+
+
 def _read_layers(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
     """The file's bases (recursively, in order) followed by the file itself."""
     path = os.path.abspath(path)

@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from aim_core.config import ConfigError, config_from_dict, load_config
+from aim_core.config import ConfigError, config_from_dict, list_configs, load_config
 from aim_core.data.annotations import AnnotationError
 from aim_core.data.partition import SCHEMES, PartitionError
 from aim_core.data.video import VideoReadError
@@ -15,6 +16,35 @@ from aim_core.engine.checkpoint import CheckpointError, stored_config
 from aim_core.engine.run_dir import RunDirError
 from aim_core.model.backbones import PretrainedWeightsError
 from aim_core.model.trainable import TrainableStateError
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" not in text and not hidden and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def installed_version() -> str:
+    try:
+        return version("aimfl")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def cmd_configs(args: argparse.Namespace) -> None:
+    for name, summary in list_configs():
+        print(f"{name:34s} {summary}")
+
+
+def cmd_print_config(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    print(OmegaConf.to_yaml(load_config(args.config, args.overrides), resolve=True), end="")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -48,7 +78,12 @@ def cmd_partition(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import aimfl
 
-    final = aimfl.train(load_config(args.config, args.overrides))
+    overrides = list(args.overrides)
+    if args.out:
+        if any(item.startswith("output_dir=") for item in overrides):
+            raise ConfigError(f"--out {args.out} and an output_dir= override both set the run folder; give one")
+        overrides.append(f"output_dir={args.out}")
+    final = aimfl.train(load_config(args.config, overrides))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(final, indent=2))
 
@@ -154,13 +189,23 @@ def cmd_make_site_key(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aimfl", description="AIM adapters for video, trained centrally or federated")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"aimfl {installed_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    class Commands:
+        """Every subcommand's --help shows its defaults."""
+
+        @staticmethod
+        def add_parser(name: str, **kwargs) -> argparse.ArgumentParser:
+            return subparsers.add_parser(name, formatter_class=DefaultsHelpFormatter, **kwargs)
+
+    commands = Commands()
 
     demo = commands.add_parser("demo", help="the main job: synthetic world, embedded image model, space-only vs "
                                              "centralized vs federated AIM (minutes on a CPU)")
     demo.add_argument("--out", default="outputs/demo", help="report folder")
     demo.add_argument("--data", default="data/synthetic", help="synthetic world folder (made if missing)")
-    demo.add_argument("--config", default="demo")
+    demo.add_argument("--config", default="demo", help="a config file or a name in configs/")
     demo.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. demo.clients=3)")
     demo.set_defaults(run=cmd_demo)
 
@@ -169,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--out", default="outputs/local-federation", help="credentials, site folders, logs, run")
     local.add_argument("--data", default="data/synthetic-3sites", help="synthetic world with one site per SuperNode "
                                                                        "(made if missing)")
-    local.add_argument("--config", default="demo")
+    local.add_argument("--config", default="demo", help="a config file or a name in configs/")
     local.add_argument("--insecure", action="store_true", help="no TLS (loudly warned): only to debug on one machine")
     local.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. local_federation.rounds=4)")
     local.set_defaults(run=cmd_local_federation)
@@ -195,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     site_key.add_argument("path", help="private key file; the public key is written to PATH.pub")
     site_key.set_defaults(run=cmd_make_site_key)
 
+    configs = commands.add_parser("configs", help="the configs shipped with aimfl, each with its first comment line")
+    configs.set_defaults(run=cmd_configs)
+
+    show = commands.add_parser("print-config", help="a config as it resolves, with every default and override")
+    show.add_argument("config", help="a config file, or a name in configs/ (see aimfl configs)")
+    show.add_argument("overrides", nargs="*", help="key=value config overrides")
+    show.set_defaults(run=cmd_print_config)
+
     info = commands.add_parser("info", help="parameter counts and multiply-adds of a config, as JSON (offline)")
     info.add_argument("config", help="a config file, or a name in configs/ (e.g. k400_clip_vit_b16_8f)")
     info.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -203,36 +256,37 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="train centrally (one process, or DDP under torchrun)")
     train.add_argument("config", help="a config file or a name in configs/ (e.g. synthetic)")
     train.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. model.variant=space_only)")
+    train.add_argument("--out", help="run folder (default: the config's output_dir)")
     train.set_defaults(run=cmd_train)
 
     ev = commands.add_parser("eval", help="multi-view evaluation of a checkpoint on the config's val list")
-    ev.add_argument("config")
-    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("config", help="a config file or a name in configs/")
+    ev.add_argument("overrides", nargs="*", help="key=value config overrides")
     ev.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
     ev.add_argument("--out", help="report folder (default: eval/ beside the checkpoint)")
     ev.set_defaults(run=cmd_eval)
 
     pred = commands.add_parser("predict", help="top classes of one video")
-    pred.add_argument("video")
+    pred.add_argument("video", help="a video file")
     pred.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
     pred.add_argument("--config", help="default: the config stored in the checkpoint")
-    pred.add_argument("--top", type=int, default=5)
+    pred.add_argument("--top", type=int, default=5, help="classes to print")
     pred.add_argument("overrides", nargs="*", help="key=value config overrides")
     pred.set_defaults(run=cmd_predict)
 
     pre = commands.add_parser("pretrain-image", help="pre-train the embedded image model on procedural images "
                                                      "(cached by recipe)")
-    pre.add_argument("config", nargs="?", default="synthetic")
-    pre.add_argument("overrides", nargs="*")
+    pre.add_argument("config", nargs="?", default="synthetic", help="a config file or a name in configs/")
+    pre.add_argument("overrides", nargs="*", help="key=value config overrides")
     pre.add_argument("--out", help="default: the config's model.backbone.checkpoint")
     pre.add_argument("--force", action="store_true", help="train again even if the file exists")
     pre.set_defaults(run=cmd_pretrain_image)
 
     synth = commands.add_parser("make-synthetic", help="write the synthetic video world (H.264 clips and lists)")
     synth.add_argument("out", help="output folder")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--train-per-class", type=int, default=24)
-    synth.add_argument("--val-per-class", type=int, default=8)
+    synth.add_argument("--seed", type=int, default=0, help="random seed of the world")
+    synth.add_argument("--train-per-class", type=int, default=24, help="training clips per class")
+    synth.add_argument("--val-per-class", type=int, default=8, help="validation clips per class")
     synth.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
     synth.add_argument("--frames", type=int, default=16, help="frames per clip")
     synth.add_argument("--sites", type=int, default=4, help="sites (backgrounds) for natural federated splits")
@@ -241,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     part = commands.add_parser("partition", help="split a video list into federated clients")
     part.add_argument("list", help="annotation file (path label [group] list, Kinetics CSV, SSv2/Diving-48 JSON)")
     part.add_argument("--clients", type=int, help="number of clients (natural: defaults to the number of groups)")
-    part.add_argument("--scheme", choices=SCHEMES, default="iid")
+    part.add_argument("--scheme", choices=SCHEMES, default="iid", help="how videos are split")
     part.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller: more skewed)")
     part.add_argument("--classes-per-client", type=int, default=2, help="pathological: classes per client")
     part.add_argument("--min-size", type=int, default=1, help="Dirichlet: resample until every client has this many")
-    part.add_argument("--seed", type=int, default=0)
+    part.add_argument("--seed", type=int, default=0, help="random seed of the split")
     part.add_argument("--format", default="auto", help="annotation format (default: from the file)")
     part.add_argument("--class-names", help="classes.txt or SSv2 labels.json")
     part.add_argument("--out", required=True, help="output folder")
