@@ -68,7 +68,7 @@ def evaluate(model: nn.Module, cfg, list_file: str | None = None, root: str | No
     records = read_annotations(list_file or cfg.data.val_list, cfg.data.list_format, cfg.data.class_names,
                                cfg.data.num_classes)
     device = device or default_device()
-    return evaluate_records(model.to(device).eval(), cfg, records, cfg.data.root if root is None else root, device,
+    return evaluate_records(model.to(device).eval(), cfg, records, cfg.data.val_root if root is None else root, device,
                             progress)
 
 

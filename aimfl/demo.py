@@ -71,9 +71,9 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
                                    "min-nodes": demo.clients, "central-eval-every": demo.central_eval_every,
                                    "partition-dir": partitions, "out-dir": fed_out, "overwrite": True})
     log_path = os.path.join(out, "federated.log")
-    run_simulation(run_config, demo.clients, log_path, client_cpus=demo.client_cpus, echo=federated_progress)
+    code = run_simulation(run_config, demo.clients, log_path, client_cpus=demo.client_cpus, echo=federated_progress)
     final_path = os.path.join(fed_out, "final.json")
-    if not os.path.isfile(final_path):
+    if code or not os.path.isfile(final_path):
         raise RuntimeError(f"the federated run wrote no {final_path}; see {log_path}")
     with open(final_path) as f:
         federated = json.load(f)

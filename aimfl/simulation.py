@@ -10,6 +10,7 @@ leave nothing behind. Users can equally type `flwr run . --stream --run-config .
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -17,6 +18,9 @@ import time
 
 from aim_core.federated.settings import APP_ROOT
 from aimfl.processes import find_program, free_port, processes_mentioning, program_env, stream_command, toml_pairs
+
+# what `flwr_exit` logs for an error (codes 100 and above; 0-99 are graceful exits)
+FLOWER_ERROR_EXIT = re.compile(r"Exit Code: [1-9]\d{2,}")
 
 
 def stop_local_superlink(flwr_home: str) -> None:
@@ -39,8 +43,8 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
     """Runs `flwr run APP_DIR --stream` with `run_config` overrides; returns its exit status.
 
     `ray_cpus` overrides the CPUs Ray schedules clients on (default: the machine's). Every output line goes to
-    `log_path`, and to `echo(line)` when given (None: stdout). The exit status is 0 even when the ServerApp failed:
-    check for the run's outputs.
+    `log_path`, and to `echo(line)` when given (None: stdout). `flwr run` exits 0 even when the ServerApp failed;
+    Flower then logs an "Exit Code: N" line (N >= 100, an error), so such a run returns 1 here.
     """
     flwr_home = tempfile.mkdtemp(prefix="aimfl-flwr-home-")
     env = program_env(FLWR_HOME=flwr_home,
@@ -54,8 +58,16 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
                "--federation-config", federation]
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     open(log_path, "w").close()
+    show = echo or (lambda line: print(line, end="", flush=True))
+    failures = []
+
+    def watch(line: str) -> None:
+        if FLOWER_ERROR_EXIT.search(line):
+            failures.append(line.strip())
+        show(line)
+
     try:
-        return stream_command(command, env, log_path, echo or (lambda line: print(line, end="", flush=True)), timeout)
+        return stream_command(command, env, log_path, watch, timeout) or (1 if failures else 0)
     finally:
         stop_local_superlink(flwr_home)
         shutil.rmtree(flwr_home, ignore_errors=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from logging import INFO
+from logging import INFO, WARNING
 
 import torch
 from flwr.app import ArrayRecord
@@ -58,6 +58,9 @@ class FederatedRun:
         data = self.cfg.data
         self.val_records = read_annotations(data.val_list, data.list_format, data.class_names,
                                             data.num_classes) if data.val_list else []
+        if settings.central_eval_every and not data.val_list:
+            log(WARNING, "the config sets no data.val_list: no central evaluation in this run (every round is still "
+                         "checkpointed; set central-eval-every=0 to silence this)")
         self.history: list[dict] = []
         self.best_top1 = -1.0
         self.strategy_state: dict = {}
@@ -95,7 +98,7 @@ class FederatedRun:
         due = every and (server_round % every == 0 or server_round == self.settings.num_server_rounds)
         if not (due and self.val_records):
             return None
-        result = evaluate_records(self.model, self.cfg, self.val_records, self.cfg.data.root, self.device)
+        result = evaluate_records(self.model, self.cfg, self.val_records, self.cfg.data.val_root, self.device)
         keys = ("top1", "top5", "loss", "skipped", "order_top1")
         return {k: result[k] for k in keys if k in result}
 

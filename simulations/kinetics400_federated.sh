@@ -22,4 +22,6 @@ partition-dir=\"$splits/$name\" out-dir=\"$out/$name\" num-server-rounds=100 loc
 warmup-rounds=5 batch-size=8 fraction-train=0.1 fraction-evaluate=0.0 min-nodes=10 client-eval-every=0 \
 local-val-fraction=0.0 central-eval-every=10 update-codec=\"fp16\" resume=true" \
     --federation-config "num-supernodes=100 client-resources-num-cpus=4 client-resources-num-gpus=0.25"
+  # flwr run exits 0 even when the ServerApp failed: a finished run is one that wrote final.json
+  [ -f "$out/$name/final.json" ] || { echo "run $name failed (no $out/$name/final.json): see its log above" >&2; exit 1; }
 done

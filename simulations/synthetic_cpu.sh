@@ -14,3 +14,5 @@ flwr run . --stream \
   --run-config "config=\"synthetic\" overrides=\"data.root=$data data.num_workers=0\" strategy=\"$strategy\" \
 partition-dir=\"$out/partitions\" out-dir=\"$out\" num-server-rounds=30 min-nodes=4 central-eval-every=5" \
   --federation-config "num-supernodes=4 client-resources-num-cpus=1"
+# flwr run exits 0 even when the ServerApp failed: a finished run is one that wrote final.json
+[ -f "$out/final.json" ] || { echo "the run failed (no $out/final.json): see its log above" >&2; exit 1; }

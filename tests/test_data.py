@@ -224,3 +224,16 @@ def test_a_label_beyond_num_classes_without_class_names_names_its_line(tmp_path)
     listing.write_text("a.mp4 0\nb.mp4 1\nc.mp4 12\n")
     with pytest.raises(AnnotationError, match=r"list\.txt:3: label 12 is out of range: the config has 10 classes"):
         read_annotations(str(listing), num_classes=10)
+
+
+def test_train_and_val_lists_may_live_under_separate_roots(tiny_cfg, synthetic_world, tmp_path):
+    """Kinetics keeps train/ and val/ apart: data.train_root and data.val_root, both data.root unless set."""
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world)
+    assert build_dataset(cfg, "train").root == build_dataset(cfg, "val").root == str(synthetic_world)
+    val_root = tmp_path / "val-videos"
+    os.symlink(synthetic_world, val_root)
+    cfg = synthetic_cfg(tiny_cfg, synthetic_world, f"data.val_root={val_root}", "data.root=/nowhere",
+                        f"data.train_root={synthetic_world}")
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert train.root == str(synthetic_world) and val.root == str(val_root)
+    assert val[0]["skipped"] == 0  # read from its own root

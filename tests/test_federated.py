@@ -175,6 +175,25 @@ def test_nan_missing_key_and_raising_clients_are_rejected_and_the_run_completes(
 
 
 @pytest.mark.slow
+def test_without_a_val_list_rounds_are_checkpointed_and_a_failing_serverapp_fails_the_command(
+        synthetic_world, partitions, tmp_path):
+    out = tmp_path / "no-val"
+    config = run_config(synthetic_world, partitions / "iid2", out, 2, num_server_rounds=1, central_eval_every=1,
+                        local_val_fraction=0.0, client_eval_every=0)
+    config["overrides"] += " data.val_list=null"
+    log = flwr_run(config, 2, tmp_path / "no-val.log")
+    assert log.count("no central evaluation in this run") == 1
+    (record,) = history(out)
+    assert "central" not in record and (out / "checkpoints" / "last.pt").is_file() and (out / "final.json").is_file()
+
+    broken = run_config(synthetic_world, partitions / "iid2", tmp_path / "broken", 2, num_server_rounds=1)
+    broken["overrides"] += f" data.val_list={tmp_path / 'missing.txt'}"
+    code = run_simulation(broken, 2, str(tmp_path / "broken.log"), echo=lambda line: None, timeout=400)
+    assert code == 1, (tmp_path / "broken.log").read_text()[-2000:]
+    assert "missing.txt" in (tmp_path / "broken.log").read_text()
+
+
+@pytest.mark.slow
 def test_fedavg_with_one_client_equals_centralized_training(synthetic_world, partitions, tmp_path):
     overrides = [*tiny_overrides(synthetic_world, tmp_path / "central", *RANDOM_LAYERS), "schedule.epochs=2",
                  "schedule.warmup_epochs=0"]

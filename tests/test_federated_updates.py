@@ -250,3 +250,22 @@ def test_a_deployed_site_takes_only_the_schedule_and_variant_from_the_run(tmp_pa
         experiment_config(FederatedSettings.from_run_config({**run, "config": str(secret)}), site=True)
     assert experiment_config(FederatedSettings.from_run_config({**run, "config": str(secret)})).model.variant == \
         "temporal"  # the operator's own machine (simulation, the server) reads a path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("schedule.lr=1e-5", "overrides sets schedule.lr=1e-05, but the run config's lr sets it to 0.003"),
+    ("seed=7", "overrides sets seed=7, but the run config's seed sets it to 0"),
+    ("schedule.epochs=5", "schedule.epochs=5, but the run config's num-server-rounds x local-epochs sets it to 10"),
+    ("output_dir=/elsewhere", "output_dir=/elsewhere, but the run config's out-dir sets it to"),
+])
+def test_overrides_cannot_contradict_the_run_config(override, message):
+    run = {**default_run_config(), "num-server-rounds": 10, "lr": 3e-3, "seed": 0,
+           "overrides": f"data.num_workers=0 {override}"}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        FederatedSettings.from_run_config(run)
+
+
+def test_overrides_may_repeat_what_the_run_config_sets():
+    run = {**default_run_config(), "lr": 3e-4, "seed": 7, "overrides": "schedule.lr=0.0003 seed=7"}
+    cfg = experiment_config(FederatedSettings.from_run_config(run))
+    assert cfg.schedule.lr == 3e-4 and cfg.seed == 7

@@ -28,7 +28,7 @@ def site(synthetic_world, tmp_path):
     weights = save_tiny_backbone(synthetic_world, tmp_path / "backbone.pth")
     settings = FederatedSettings.from_run_config({
         **default_run_config(), "config": TINY, "overrides": " ".join(tiny_overrides(synthetic_world, str(tmp_path))),
-        "local-val-fraction": 0.2})
+        "out-dir": str(tmp_path), "local-val-fraction": 0.2})
     node_config = {"list-file": str(synthetic_world / "train.txt"), "video-root": str(synthetic_world),
                    "backbone-weights": str(weights)}
     return settings, node_config

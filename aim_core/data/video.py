@@ -147,7 +147,7 @@ class VideoDataset(Dataset):
             return {"video": video, "label": record.label, "skipped": skipped, "index": requested}
         raise RuntimeError(
             f"{self.cfg.max_read_attempts} videos in a row could not be read (last: {record.path} under "
-            f"{self.root!r}); check data.root and the list"
+            f"{self.root!r}); check the data root (data.root, or data.train_root and data.val_root) and the list"
         )
 
 
@@ -199,4 +199,4 @@ def build_dataset(cfg, split: str) -> VideoDataset:
     records = read_annotations(list_path, data.list_format, data.class_names, data.num_classes)
     if split == "train":
         records = class_stratified_fraction(records, data.fraction, cfg.seed)
-    return video_dataset(cfg, records, data.root, train=split == "train")
+    return video_dataset(cfg, records, data.train_root if split == "train" else data.val_root, train=split == "train")

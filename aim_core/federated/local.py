@@ -124,7 +124,7 @@ def client_setup(node_config: dict, settings: FederatedSettings):
     else:
         partition = int(node_config["partition-id"])
         path = os.path.join(settings.partition_dir, f"client_{partition:03d}.txt")
-        root, stream = cfg.data.root, partition
+        root, stream = cfg.data.train_root, partition
         if not os.path.isfile(path):
             raise FileNotFoundError(f"partition {partition}: {os.path.abspath(path)} does not exist; write the "
                                     f"partitions with `aimfl partition LIST --out DIR` and set partition-dir=DIR in "

@@ -13,6 +13,9 @@ import shlex
 import tomllib
 from dataclasses import dataclass
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from aim_core.config import ConfigError, load_config
 from aim_core.federated.codec import CODECS, DOWNLINK_CODECS
 
@@ -144,6 +147,31 @@ class FederatedSettings:
         if self.client_eval_every and not self.local_val_fraction > 0:
             raise ConfigError("client-eval-every > 0 needs local-val-fraction > 0 "
                               "(clients evaluate on held-out videos)")
+        self.check_overrides()
+
+    def run_config_keys(self) -> dict[str, tuple[object, str]]:
+        """The aimfl config keys the run config sets: key -> (value, the run-config keys it comes from)."""
+        local = self.local_epochs
+        return {"schedule.lr": (self.lr, "lr"), "schedule.batch_size": (self.batch_size, "batch-size"),
+                "schedule.epochs": (self.num_server_rounds * local, "num-server-rounds x local-epochs"),
+                "schedule.warmup_epochs": (self.warmup_rounds * local, "warmup-rounds x local-epochs"),
+                "seed": (self.seed, "seed"), "output_dir": (self.out_dir, "out-dir")}
+
+    def check_overrides(self) -> None:
+        """`overrides` may repeat what the run config sets, never contradict it: each key has one place."""
+        try:
+            given = OmegaConf.from_dotlist(shlex.split(self.overrides))
+        except (ValueError, OmegaConfBaseException) as err:
+            raise ConfigError(f"run config overrides={self.overrides!r}: {err}") from None
+        for key, (value, source) in self.run_config_keys().items():
+            override = OmegaConf.select(given, key)
+            if override is None:
+                continue
+            same = os.path.abspath(str(override)) == os.path.abspath(str(value)) if key == "output_dir" else \
+                isinstance(override, (int, float)) and float(override) == float(value)
+            if not same:
+                raise ConfigError(f"run config overrides sets {key}={override}, but the run config's {source} sets "
+                                  f"it to {value}: set it once, in {source}")
 
     @property
     def last_round(self) -> int:
@@ -176,14 +204,11 @@ def experiment_config(settings: FederatedSettings, site: bool = False):
     site), and of the overrides only those a run may change are applied (`SITE_OVERRIDABLE`: the schedule, the
     model variant, the seed); the rest, paths and workers among them, is the site's own (its node config).
     """
-    epochs = settings.num_server_rounds * settings.local_epochs
-    fixed = [f"schedule.lr={settings.lr}", f"schedule.batch_size={settings.batch_size}", f"schedule.epochs={epochs}",
-             f"schedule.warmup_epochs={settings.warmup_rounds * settings.local_epochs}", f"seed={settings.seed}",
-             f"output_dir={settings.out_dir}"]
+    fixed = [f"{key}={value}" for key, (value, _) in settings.run_config_keys().items()
+             if not (site and key == "output_dir")]
     overrides = shlex.split(settings.overrides)
     if site:
         overrides = [item for item in overrides if item.startswith(SITE_OVERRIDABLE)]
-        fixed = fixed[:-1]
     return load_config(settings.config, overrides + fixed, bundled_only=site)
 
 
