@@ -61,6 +61,12 @@ def cmd_make_synthetic(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def cmd_make_kinetics_rehearsal(args: argparse.Namespace) -> None:
+    from aim_core.data.kinetics_rehearsal import make_kinetics_rehearsal
+
+    print(json.dumps(make_kinetics_rehearsal(args.out, args.train_per_class, args.val_per_class, args.seed)))
+
+
 def cmd_partition(args: argparse.Namespace) -> None:
     from aim_core.data.annotations import read_annotations, read_class_names
     from aim_core.data.partition import write_partitions
@@ -146,6 +152,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.data, args.config, tuple(args.overrides))
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from flwr.common.config import parse_config_args
+
+    from aimfl.simulation import simulate
+
+    code = simulate(parse_config_args([args.run_config]), args.nodes, args.log, args.client_cpus, args.client_gpus)
+    if code:
+        print(f"aimfl: the federated run failed (exit status {code}); its log says why", file=sys.stderr)
+    return code
+
+
 def cmd_local_federation(args: argparse.Namespace) -> None:
     from aimfl.local_federation import run_local_federation
 
@@ -218,6 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--insecure", action="store_true", help="no TLS (loudly warned): only to debug on one machine")
     local.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. local_federation.rounds=4)")
     local.set_defaults(run=cmd_local_federation)
+
+    sim = commands.add_parser("simulate", help="a federated run on Flower's simulation engine: checked first, in its "
+                                                "own FLWR_HOME, its SuperLink stopped after it, non-zero on failure")
+    sim.add_argument("--nodes", type=int, required=True, help="simulated SuperNodes, one per partition")
+    sim.add_argument("--run-config", required=True, help="'key=value ...' as flwr run takes it (keys: pyproject.toml "
+                                                          "[tool.flwr.app.config])")
+    sim.add_argument("--client-cpus", type=int, default=1, help="CPUs per client")
+    sim.add_argument("--client-gpus", type=float, default=0.0, help="GPU share per client (0.25: 4 per GPU)")
+    sim.add_argument("--log", help="the run's log (default: OUT-DIR.flwr.log)")
+    sim.set_defaults(run=cmd_simulate)
 
     certs = commands.add_parser("make-certs", help="a CA and the SuperLink's TLS certificate for the given hosts")
     certs.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
@@ -292,6 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--sites", type=int, default=4, help="sites (backgrounds) for natural federated splits")
     synth.set_defaults(run=cmd_make_synthetic)
 
+    rehearsal = commands.add_parser("make-kinetics-rehearsal", help="a small world in Kinetics-400's exact layout "
+                                                                    "(CSV, train/ and val/, 400 classes) to rehearse "
+                                                                    "the k400 recipes on")
+    rehearsal.add_argument("out", help="output folder")
+    rehearsal.add_argument("--train-per-class", type=int, default=2, help="training clips per class")
+    rehearsal.add_argument("--val-per-class", type=int, default=1, help="validation clips per class")
+    rehearsal.add_argument("--seed", type=int, default=0, help="random seed of the world")
+    rehearsal.set_defaults(run=cmd_make_kinetics_rehearsal)
+
     part = commands.add_parser("partition", help="split a video list into federated clients")
     part.add_argument("list", help="annotation file (path label [group] list, Kinetics CSV, SSv2/Diving-48 JSON)")
     part.add_argument("--clients", type=int, help="number of clients (natural: defaults to the number of groups)")
@@ -313,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         args.overrides = [*args.overrides, *rest]
     try:
-        args.run(args)
+        code = args.run(args)
     except ConfigError as err:
         print(f"aimfl: config error: {err}", file=sys.stderr)
         return 2
@@ -324,4 +360,4 @@ def main(argv: list[str] | None = None) -> int:
             FileExistsError) as err:
         print(f"aimfl: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0

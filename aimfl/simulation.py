@@ -16,7 +16,8 @@ import signal
 import tempfile
 import time
 
-from aim_core.federated.settings import APP_ROOT
+from aim_core.config import ConfigError
+from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run_config
 from aimfl.processes import find_program, free_port, processes_mentioning, program_env, stream_command, toml_pairs
 
 # what `flwr_exit` logs for an error (codes 100 and above; 0-99 are graceful exits)
@@ -57,7 +58,6 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
     command = [find_program("flwr"), "run", app_dir, "--stream", "--run-config", toml_pairs(run_config),
                "--federation-config", federation]
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    open(log_path, "w").close()
     show = echo or (lambda line: print(line, end="", flush=True))
     failures = []
 
@@ -72,3 +72,29 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
         stop_local_superlink(flwr_home)
         shutil.rmtree(flwr_home, ignore_errors=True)
 
+
+
+def partitions_in(folder: str) -> int:
+    """How many `client_XXX.txt` lists `aimfl partition` wrote into `folder`."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sum(1 for name in names if re.fullmatch(r"client_\d{3,}\.txt", name))
+
+
+def simulate(run_config: dict, nodes: int, log_path: str | None = None, client_cpus: int = 1,
+             client_gpus: float = 0.0) -> int:
+    """`aimfl simulate`: a checked `run_simulation` of this app; returns the exit status (non-zero if it failed).
+
+    Everything is checked before any process starts: the run config (a bad key or an override contradicting it is
+    named), and that `nodes` SuperNodes have a partition each. The log goes to `log_path` (default: beside the
+    run folder, `OUT-DIR.flwr.log`), appended to when a run is resumed.
+    """
+    settings = FederatedSettings.from_run_config({**default_run_config(), **run_config})
+    available = partitions_in(settings.partition_dir)
+    if nodes > available:
+        raise ConfigError(f"--nodes {nodes}, but partition-dir={os.path.abspath(settings.partition_dir)} holds "
+                          f"{available} partitions (client_XXX.txt): give at most {available} nodes")
+    if nodes < available:
+        print(f"note: {available - nodes} of the {available} partitions have no SuperNode and are not trained on",
+              flush=True)
+    log_path = log_path or os.path.abspath(settings.out_dir).rstrip(os.sep) + ".flwr.log"
+    return run_simulation(run_config, nodes, log_path, client_cpus=client_cpus, client_gpus=client_gpus)

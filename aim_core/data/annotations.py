@@ -110,6 +110,12 @@ def read_kinetics_csv(path: str, class_names: list[str] | None = None,
     names = class_names or sorted({row["label"] for row in rows})
     if num_classes and len(names) > num_classes:
         raise AnnotationError(f"{path}: {len(names)} classes, but the config has data.num_classes={num_classes}")
+    if not class_names and num_classes and len(names) < num_classes:
+        # indices come from the alphabetical order of the classes present: a class missing here would shift every
+        # later index against the training list's
+        raise AnnotationError(f"{path}: only {len(names)} of data.num_classes={num_classes} classes appear, so their "
+                              "alphabetical indices would not match the other list's; set data.class_names to a file "
+                              "of all class names")
     index = {name: i for i, name in enumerate(names)}
     records = []
     for number, row in enumerate(rows, start=2):

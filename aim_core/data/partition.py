@@ -101,7 +101,11 @@ def partition_indices(
     partitioner.dataset = dataset
     if scheme == "natural" and clients and clients != partitioner.num_partitions:
         raise PartitionError(f"the list has {partitioner.num_partitions} groups but --clients={clients}")
-    parts = [sorted(partitioner.load_partition(i)["idx"]) for i in range(partitioner.num_partitions)]
+    try:
+        parts = [sorted(partitioner.load_partition(i)["idx"]) for i in range(partitioner.num_partitions)]
+    except ValueError as err:  # flwr-datasets gives up drawing a Dirichlet split that satisfies --min-size
+        raise PartitionError(f"{scheme} split of {len(records)} samples over {clients} clients: {err} (use fewer "
+                             "clients, a larger --alpha or a smaller --min-size)") from None
 
     covered = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if parts else np.array([])
     if len(covered) != len(set(covered.tolist())):
