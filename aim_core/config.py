@@ -19,7 +19,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# configs/ of the source tree, or aim_core/configs/ where a wheel installed them (pyproject.toml maps one to the other)
+_INSTALLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIG_DIR = _INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS) else \
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 BASE_FILE = os.path.join(CONFIG_DIR, "base.yaml")
 # Free-form sections whose keys are not declared in base.yaml.
 OPEN_SECTIONS = ("model.backbone.overrides",)

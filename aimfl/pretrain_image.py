@@ -111,8 +111,9 @@ def label_accuracy(*outputs_and_labels) -> dict[str, float]:
 def recipe_of(cfg) -> dict:
     """What makes the embedded image model what it is: the backbone's shape, the pre-training settings and the
     version of the images it learns from."""
-    return {"images_version": VERSION, "timm_model": cfg.model.backbone.name, "overrides": dict(cfg.model.backbone.overrides),
-            "image_size": cfg.model.image_size, **{key: cfg.image_pretrain[key] for key in cfg.image_pretrain}}
+    return {"images_version": VERSION, "timm_model": cfg.model.backbone.name,
+            "overrides": dict(cfg.model.backbone.overrides), "image_size": cfg.model.image_size,
+            **{key: cfg.image_pretrain[key] for key in cfg.image_pretrain}}
 
 
 def cached_card(cfg, out: str) -> dict | None:

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -85,9 +86,11 @@ def aggregation(updates: int) -> dict:
 
     from aim_core.config import load_config
     from aim_core.federated.codec import encode_state
-    from aim_core.federated.settings import FederatedSettings, default_run_config
+    from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run_config
     from aim_core.model.factory import build_model
     from aim_core.model.trainable import trainable_state
+
+    sys.path.insert(0, APP_ROOT)  # the Flower app's server/ package is not installed; it lives in the app folder
     from server.strategy import ValidatedRounds, build_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as inside a ServerApp

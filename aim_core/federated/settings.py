@@ -19,8 +19,11 @@ from omegaconf.errors import OmegaConfBaseException
 from aim_core.config import ConfigError, load_config
 from aim_core.federated.codec import CODECS, DOWNLINK_CODECS
 
-# the Flower app: pyproject.toml and the packages it ships
-APP_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The Flower app (pyproject.toml, server/, client/): the source tree, or aim_core/federated/app/ where a wheel
+# installed it (pyproject.toml maps the one to the other).
+_INSTALLED_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app")
+APP_ROOT = _INSTALLED_APP if os.path.isfile(os.path.join(_INSTALLED_APP, "pyproject.toml")) else \
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _choice(*options):
