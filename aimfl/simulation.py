@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from aim_core.config import ConfigError
-from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run_config
+from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run_config, with_absolute_paths
 from aimfl.processes import find_program, free_port, processes_mentioning, program_env, stream_command, toml_pairs
 
 # what `flwr_exit` logs for an error (codes 100 and above; 0-99 are graceful exits)
@@ -85,10 +85,12 @@ def simulate(run_config: dict, nodes: int, log_path: str | None = None, client_c
     """`aimfl simulate`: a checked `run_simulation` of this app; returns the exit status (non-zero if it failed).
 
     Everything is checked before any process starts: the run config (a bad key or an override contradicting it is
-    named), and that `nodes` SuperNodes have a partition each. The log goes to `log_path` (default: beside the
-    run folder, `OUT-DIR.flwr.log`), appended to when a run is resumed.
+    named), and that `nodes` SuperNodes have a partition each. Relative paths are made absolute against the working
+    directory, as a user typing them means. The log goes to `log_path` (default: beside the run folder,
+    `OUT-DIR.flwr.log`), appended to when a run is resumed.
     """
-    settings = FederatedSettings.from_run_config({**default_run_config(), **run_config})
+    run_config = with_absolute_paths({**default_run_config(), **run_config}, os.getcwd())
+    settings = FederatedSettings.from_run_config(run_config)
     available = partitions_in(settings.partition_dir)
     if nodes > available:
         raise ConfigError(f"--nodes {nodes}, but partition-dir={os.path.abspath(settings.partition_dir)} holds "

@@ -13,13 +13,15 @@ continue it.
 from __future__ import annotations
 
 import json
+import os
 from logging import ERROR, INFO
 
 from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from aim_core.federated.settings import FederatedSettings
+from aim_core.config import ConfigError
+from aim_core.federated.settings import FederatedSettings, experiment_config, relative_paths
 from server.client_sizes import ClientSizes
 from server.run_state import FederatedRun
 from server.strategy import RoundIncomplete, ValidatedRounds, build_strategy, strategy_state
@@ -30,6 +32,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = FederatedSettings.from_run_config(context.run_config)
+    if relative := relative_paths(settings, experiment_config(settings)):
+        raise ConfigError(f"relative paths in the run config: {', '.join(relative)}. This ServerApp runs in "
+                          f"{os.getcwd()} (where the SuperLink started), not where flwr run was typed: give absolute "
+                          "paths (aimfl simulate makes them absolute for you)")
     run = FederatedRun(settings)
     strategy = build_strategy(settings, run.strategy_state)
     rounds = ValidatedRounds(strategy, settings, ClientSizes(settings, run.cfg, run.counts["trainable_params"]))

@@ -186,11 +186,12 @@ def test_without_a_val_list_rounds_are_checkpointed_and_a_failing_serverapp_fail
     (record,) = history(out)
     assert "central" not in record and (out / "checkpoints" / "last.pt").is_file() and (out / "final.json").is_file()
 
-    broken = run_config(synthetic_world, partitions / "iid2", tmp_path / "broken", 2, num_server_rounds=1)
-    broken["overrides"] += f" data.val_list={tmp_path / 'missing.txt'}"
+    # a plain `flwr run` with a relative path: the ServerApp refuses it (it runs where the SuperLink started)
+    broken = run_config(synthetic_world, partitions / "iid2", "relative-run", 2, num_server_rounds=1)
+    broken["overrides"] = broken["overrides"].replace("output_dir=relative-run", "")
     code = run_simulation(broken, 2, str(tmp_path / "broken.log"), echo=lambda line: None, timeout=400)
     assert code == 1, (tmp_path / "broken.log").read_text()[-2000:]
-    assert "missing.txt" in (tmp_path / "broken.log").read_text()
+    assert "relative paths in the run config: out-dir=relative-run" in (tmp_path / "broken.log").read_text()
 
 
 @pytest.mark.slow

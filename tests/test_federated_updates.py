@@ -269,3 +269,19 @@ def test_overrides_may_repeat_what_the_run_config_sets():
     run = {**default_run_config(), "lr": 3e-4, "seed": 7, "overrides": "schedule.lr=0.0003 seed=7"}
     cfg = experiment_config(FederatedSettings.from_run_config(run))
     assert cfg.schedule.lr == 3e-4 and cfg.seed == 7
+
+
+def test_relative_paths_are_named_and_made_absolute_against_where_the_user_typed_them(tmp_path):
+    from aim_core.federated.settings import relative_paths, with_absolute_paths
+
+    run = {**default_run_config(), "config": "synthetic", "partition-dir": "parts", "out-dir": str(tmp_path / "o"),
+           "overrides": "data.root=videos"}
+    settings = FederatedSettings.from_run_config(run)
+    named = relative_paths(settings, experiment_config(settings))
+    assert "partition-dir=parts" in named and "data.root=videos" in named and "data.val_list=videos/val.txt" in named
+    assert not any(item.startswith(("out-dir", "model.backbone.checkpoint")) for item in named)  # ~ is absolute
+    fixed = FederatedSettings.from_run_config(with_absolute_paths(run, "/home/me"))
+    cfg = experiment_config(fixed)
+    assert relative_paths(fixed, cfg) == [] and fixed.partition_dir == "/home/me/parts"
+    assert cfg.data.root == "/home/me/videos" and cfg.data.val_list == "/home/me/videos/val.txt"
+    assert cfg.model.backbone.checkpoint.startswith(("~", "/")) and "/home/me" not in cfg.model.backbone.checkpoint

@@ -215,5 +215,35 @@ def experiment_config(settings: FederatedSettings, site: bool = False):
     return load_config(settings.config, overrides + fixed, bundled_only=site)
 
 
+# The paths of a run: its run-config keys, and the keys of the aimfl config it trains
+RUN_PATH_KEYS = ("partition-dir", "out-dir", "site-sizes")
+CONFIG_PATH_KEYS = ("data.root", "data.train_root", "data.val_root", "data.train_list", "data.val_list",
+                    "data.class_names", "model.backbone.checkpoint")
+
+
+def relative_paths(settings: FederatedSettings, cfg) -> list[str]:
+    """The paths (`key=value`) of a run and of its config `cfg` that are relative. A Flower run resolves them
+    against the SuperLink's working directory, wherever it was started, not where `flwr run` was typed."""
+    given = [(key, getattr(settings, key.replace("-", "_"))) for key in RUN_PATH_KEYS]
+    given += [(key, OmegaConf.select(cfg, key)) for key in CONFIG_PATH_KEYS]
+    return [f"{key}={value}" for key, value in given if value and not _absolute(value)]
+
+
+def _absolute(path) -> bool:
+    return os.path.isabs(os.path.expanduser(str(path)))
+
+
+def with_absolute_paths(run_config: dict, base: str) -> dict:
+    """A complete `run_config` with every relative path made absolute against `base`, as a user typing a relative
+    path means it: the run-config keys in place, the config's paths as overrides appended."""
+    absolute = {key: os.path.join(base, value) if key in RUN_PATH_KEYS and value and not _absolute(value)
+                else value for key, value in run_config.items()}
+    cfg = experiment_config(FederatedSettings.from_run_config(absolute))
+    fixes = [f"{key}={os.path.join(base, str(value))}" for key in CONFIG_PATH_KEYS
+             if (value := OmegaConf.select(cfg, key)) and not _absolute(value)]
+    absolute["overrides"] = " ".join(filter(None, [absolute["overrides"], shlex.join(fixes)]))
+    return absolute
+
+
 # What a run may set on a deployed site through `overrides` (key prefixes)
 SITE_OVERRIDABLE = ("schedule.", "model.variant=", "seed=")
