@@ -37,6 +37,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -55,6 +56,7 @@ TRAIN_METRICS = ("train-loss", "num-examples", "skipped-videos", "train-seconds"
 EVALUATE_METRICS = ("eval-top1", "eval-loss", "num-examples", "skipped-videos", "partition-id")
 WEIGHT_KEY = "aggregation-weight"  # set by the server: clients do not pick their weight
 MOMENTS = ("m_t", "v_t")  # FedAdam / FedYogi
+MOMENTUM = "momentum_vector"  # FedAvgM
 
 
 class RoundIncomplete(RuntimeError):
@@ -76,6 +78,7 @@ def build_strategy(settings: FederatedSettings, state: dict | None = None) -> St
     adaptive = {"eta": settings.server_lr, "beta_1": settings.beta_1, "beta_2": settings.beta_2, "tau": settings.tau}
     choices = {
         "fedavg": (FedAvg, {}),
+        "fedavgm": (FedAvgM, {"server_learning_rate": settings.avgm_lr, "server_momentum": settings.avgm_momentum}),
         "fedprox": (FedProx, {"proximal_mu": settings.proximal_mu}),
         "fedadam": (FedAdam, adaptive),
         "fedyogi": (FedYogi, adaptive),
@@ -101,15 +104,20 @@ def build_strategy(settings: FederatedSettings, state: dict | None = None) -> St
     for name, value in (state or {}).items():
         if name == "accountant":
             strategy.accountant.load_state_dict(value)
+        elif name == MOMENTUM:  # a list, in the arrays' order
+            strategy.momentum_vector = [value[str(i)].numpy() for i in range(len(value))]
         else:  # moments are stored as tensors: checkpoints load with weights_only=True
             setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
     return strategy
 
 
 def strategy_state(strategy: Strategy) -> dict:
-    """What a strategy carries from round to round: FedAdam/FedYogi moments, the DP accountant's releases."""
+    """What a strategy carries from round to round: FedAdam/FedYogi moments, FedAvgM's momentum, the DP
+    accountant's releases."""
     state = {name: {k: torch.from_numpy(np.asarray(v)) for k, v in getattr(strategy, name).items()}
              for name in MOMENTS if getattr(strategy, name, None) is not None}
+    if getattr(strategy, MOMENTUM, None) is not None:
+        state[MOMENTUM] = {str(i): torch.from_numpy(np.asarray(v)) for i, v in enumerate(strategy.momentum_vector)}
     if getattr(strategy, "accountant", None) is not None:
         state["accountant"] = strategy.accountant.state_dict()
     return state

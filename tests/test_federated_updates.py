@@ -229,6 +229,8 @@ def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying(
     ("central-eval-every", -1, "central-eval-every=-1 is out of range"),
     ("resume", "yes", "resume='yes' is not a bool"),
     ("seed", -5, "seed=-5 is out of range"),
+    ("avgm-momentum", 1.0, "avgm-momentum=1.0 is out of range"),
+    ("avgm-lr", 0.0, "avgm-lr=0.0 is out of range"),
 ])
 def test_every_run_config_value_is_checked_and_named(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -285,3 +287,30 @@ def test_relative_paths_are_named_and_made_absolute_against_where_the_user_typed
     assert relative_paths(fixed, cfg) == [] and fixed.partition_dir == "/home/me/parts"
     assert cfg.data.root == "/home/me/videos" and cfg.data.val_list == "/home/me/videos/val.txt"
     assert cfg.model.backbone.checkpoint.startswith(("~", "/")) and "/home/me" not in cfg.model.backbone.checkpoint
+
+
+def test_fedavgm_steps_with_momentum_and_its_momentum_survives_a_resume(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.strategy import strategy_state
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp has when it makes messages
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+    settings = FederatedSettings.from_run_config({**default_run_config(), "strategy": "fedavgm", "avgm-lr": 2.0,
+                                                  "avgm-momentum": 0.5})
+    strategy = build_strategy(settings)
+    start = {"w": np.zeros(3, np.float32)}
+    strategy.current_arrays = ArrayRecord({k: Array(v) for k, v in start.items()})
+    strategy.momentum_vector = [np.full(3, -1.0, np.float32)]  # the previous round's pseudo-gradient
+    restored = build_strategy(settings, strategy_state(strategy))
+    assert np.array_equal(restored.momentum_vector[0], strategy.momentum_vector[0])
+    assert restored.server_learning_rate == 2.0 and restored.server_momentum == 0.5
+
+    restored.current_arrays = strategy.current_arrays
+    reply = Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(3, np.float32))}),
+                                "metrics": MetricRecord({"aggregation-weight": 1})}), dst_node_id=1,
+                    message_type="train")
+    aggregated, _ = restored.aggregate_train(1, [reply])
+    # pseudo-gradient old - new = -1; momentum 0.5 * -1 + -1 = -1.5; step 0 - 2.0 * -1.5 = 3
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full(3, 3.0))

@@ -42,8 +42,11 @@ SETTINGS_RANGES = [
     ("lr", "a number above 0", lambda v: v > 0),
     ("warmup-rounds", *_between(0, 100_000)),
     ("batch-size", *_between(1, 1_000_000)),
-    ("strategy", *_choice("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum")),
+    ("strategy", *_choice("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
+                          "krum")),
     ("proximal-mu", "a number of at least 0", lambda v: v >= 0),
+    ("avgm-lr", "a number above 0", lambda v: v > 0),
+    ("avgm-momentum", "a number in [0, 1)", lambda v: 0 <= v < 1),
     ("server-lr", "a number above 0", lambda v: v > 0),
     ("beta-1", "a number in [0, 1)", lambda v: 0 <= v < 1),
     ("beta-2", "a number in [0, 1)", lambda v: 0 <= v < 1),
@@ -85,6 +88,8 @@ class FederatedSettings:
     batch_size: int
     strategy: str
     proximal_mu: float
+    avgm_lr: float
+    avgm_momentum: float
     server_lr: float
     beta_1: float
     beta_2: float
