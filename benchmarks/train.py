@@ -7,9 +7,15 @@ model, on a GPU torch.cuda.max_memory_allocated.
     --input videos   end to end: real H.264 files decoded and augmented by the DataLoader
     --input random   the training step alone, on one fixed batch
 
+Rows, each in one run: AIM, full fine-tuning of the same network, AIM with activation checkpointing, and (for
+CLIP configs) the official code's layout of the same model (`benchmarks/official_aim.py`, nn.MultiheadAttention),
+which every speed claim is a ratio against. Activation memory is the bytes autograd saves for backward in one
+forward (a saved-tensors hook, parameters left out), the same measure on any device.
+
 FLOPs are those that actually run in a step (forward and backward, counted by torch's
 FlopCounterMode): frozen layers compute no weight gradients, so this is less than the "3 x
-forward" rule. Model FLOPs utilisation on a GPU is given both ways: `mfu_counted` (counted
+forward" rule. The achieved FLOP/s are also given against what one large matrix product reaches on the same
+machine (`matmul_ceiling_tflops_per_second`): the physical limit here. Model FLOPs utilisation on a GPU is given both ways: `mfu_counted` (counted
 FLOPs) and `mfu_6x_macs` (multiply-adds x 2 x 3, the usual formula, which overstates AIM's work).
 
     python benchmarks/train.py                                  # CPU: embedded model shape, synthetic videos
@@ -50,6 +56,38 @@ def current_rss_gib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
+def saved_activation_bytes(trainer, video: torch.Tensor, labels: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for backward in one training forward pass, each storage once and the
+    parameters left out: the activation memory a step holds at its peak, on any device."""
+    parameters = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    saved = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = trainer.loss(video.to(trainer.device), labels.to(trainer.device))
+    del loss
+    return sum(saved.values())
+
+
+def matmul_flops_per_second(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
+    """What one large matrix product achieves here: the ceiling a training step's FLOP/s is measured against."""
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up (kernel choice, thread pool)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
 def video_batches(cfg, folder: str, batch: int, on_gpu: bool):
     """An endless iterator of training batches decoded from generated videos."""
     if on_gpu:  # Kinetics-sized videos for the paper's 8x224x224 clips
@@ -75,7 +113,13 @@ def run_variant(args) -> dict:
     cfg = load_config(args.config, [f"model.variant={args.variant}", "model.backbone.pretrained=null",
                                     "model.backbone.checkpoint=null", *args.overrides])
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model)
+    if args.baseline:  # the same weights in the official code's layout (benchmarks/official_aim.py)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from official_aim import OfficialAIM
+
+        model = OfficialAIM(model)
+    model = model.to(device)
     trainer = build_trainer(model, cfg, device, updates_per_epoch=args.steps + args.warmup + 1)
     size, frames = cfg.data.input_size, cfg.data.num_frames
     with tempfile.TemporaryDirectory() as folder:
@@ -99,6 +143,7 @@ def run_variant(args) -> dict:
                 torch.cuda.synchronize()
 
         train_steps(args.warmup)
+        activation_bytes = saved_activation_bytes(trainer, first["video"], first["label"])
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -106,12 +151,15 @@ def run_variant(args) -> dict:
         seconds = (time.perf_counter() - start) / args.steps
 
     with torch.device("meta"):
-        meta_model = build_model(cfg.model).eval()
+        meta_model = build_model(cfg.model).eval()  # the baseline computes the same function: the same MACs
         view = torch.empty(1, frames, 3, size, size)
     macs_per_clip = count_forward_macs(meta_model, view)
-    result = {"variant": args.variant, **count_parameters(model), "precision": trainer.precision,
+    result = {"variant": args.variant, "baseline": bool(args.baseline), **count_parameters(model),
+              "precision": trainer.precision,
               "step_seconds": seconds, "clips_per_second": args.batch / seconds,
-              "step_tflops_counted": step_flops / 1e12, "forward_gmacs_per_clip": macs_per_clip / 1e9}
+              "step_tflops_counted": step_flops / 1e12, "forward_gmacs_per_clip": macs_per_clip / 1e9,
+              "saved_activations_mib": activation_bytes / 2**20,
+              "achieved_tflops_per_second": step_flops / seconds / 1e12}
     if on_gpu:
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         peak = next((p for key, p in BF16_PEAK.items() if key in torch.cuda.get_device_name()), None)
@@ -135,6 +183,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", help="JSON file to write")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # set for the per-variant child process
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)  # ... timing the baseline
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE")
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
@@ -145,24 +194,46 @@ def main() -> None:
         return
 
     results = {}
-    for variant in ("aim", "full_finetune"):
+    # (row, variant, overrides): AIM, full fine-tuning of the same network, and AIM recomputing its blocks in
+    # backward (activation checkpointing: fewer saved activations for more compute)
+    rows = [("aim", "aim", []), ("full_finetune", "full_finetune", []),
+            ("aim_grad_checkpointing", "aim", ["model.grad_checkpointing=true"])]
+    clip = load_config(args.config, args.overrides).model.backbone.family == "open_clip"
+    if clip:  # the official code is CLIP's ViT: the baseline exists for open_clip configs
+        rows.append(("official_baseline", "aim", ["--baseline"]))
+    for row, variant, extra in rows:
+        flags = [item for item in extra if item.startswith("--")]
         child = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--input", args.input,
                  "--config", args.config, "--batch", str(args.batch), "--steps", str(args.steps),
-                 "--warmup", str(args.warmup), "--set", *args.overrides]
+                 "--warmup", str(args.warmup), *flags, "--set", *args.overrides,
+                 *[item for item in extra if item not in flags]]
         out = subprocess.run(child, capture_output=True, text=True)
         if out.returncode:
-            sys.exit(f"{variant} failed:\n{out.stderr}")
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+            sys.exit(f"{row} failed:\n{out.stderr}")
+        results[row] = json.loads(out.stdout.strip().splitlines()[-1])
     aim, full = results["aim"], results["full_finetune"]
     memory_key = "peak_memory_gib" if on_gpu else "step_memory_gib"
+    device = torch.device(args.device)
+    ceiling = matmul_flops_per_second(device, torch.bfloat16 if on_gpu else torch.float32, 8192 if on_gpu else 2048)
+    for result in results.values():
+        result["fraction_of_matmul_ceiling"] = result["achieved_tflops_per_second"] * 1e12 / ceiling
     report = {
         "benchmark": f"train ({args.input})",
         "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
         "config": args.config, "overrides": args.overrides, "batch": args.batch, "torch": torch.__version__,
-        **results,
+        "matmul_ceiling_tflops_per_second": ceiling / 1e12, **results,
         "aim_vs_full": {"memory_ratio": aim[memory_key] / full[memory_key],
+                        "saved_activations_ratio": aim["saved_activations_mib"] / full["saved_activations_mib"],
                         "step_time_ratio": aim["step_seconds"] / full["step_seconds"],
                         "counted_flops_ratio": aim["step_tflops_counted"] / full["step_tflops_counted"]},
+        **({"aim_vs_official_baseline": {
+            key: aim[field] / results["official_baseline"][field] for key, field in (
+                ("step_time_ratio", "step_seconds"), ("saved_activations_ratio", "saved_activations_mib"),
+                ("memory_ratio", memory_key))}} if clip else {}),
+        "aim_grad_checkpointing_vs_full": {
+            "saved_activations_ratio": results["aim_grad_checkpointing"]["saved_activations_mib"]
+            / full["saved_activations_mib"],
+            "step_time_ratio": results["aim_grad_checkpointing"]["step_seconds"] / full["step_seconds"]},
     }
     text = json.dumps(report, indent=2)
     print(text)

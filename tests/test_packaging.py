@@ -4,6 +4,7 @@ runs a federated simulation from the installed app folder, far from any source t
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,7 +21,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def installed(tmp_path_factory):
     """The wheel built from this tree, installed with --target (the environment already holds its dependencies)."""
     root = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", REPO, "-w", str(root / "dist")],
+    source = root / "source"  # a copy: pip builds in the tree, and a build/ left there can carry stale files
+    for name in ("aimfl", "aim_core", "server", "client", "configs"):
+        shutil.copytree(os.path.join(REPO, name), source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(source), "-w", str(root / "dist")],
                    check=True, capture_output=True)
     (wheel,) = glob.glob(str(root / "dist" / "*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(root / "site"), wheel],
