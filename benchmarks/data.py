@@ -3,7 +3,9 @@
 Generates 340x256 H.264 videos (the Kinetics preprocessing size) and also reads the real
 clips in ../shared/data/real-clips when present, then runs the K400 training transform
 (dense 8x16 sampling, decode at short side 256 with decord's get_batch, random resized
-crop to 224, flip, normalise) through a DataLoader with 1 and 2 workers.
+crop to 224, flip, normalise) through a DataLoader with 1 and 2 workers, for every decoder
+(`data.decoder`: decord, PyAV) on the same clips. A single-process profile per decoder splits a clip's time
+into opening the file, decoding the sampled frames and the transform: where the time goes.
 
     python benchmarks/data.py [--clips 64] [--out benchmarks/results/data.json]
 """
@@ -22,8 +24,9 @@ from torch.utils.data import DataLoader
 
 from aim_core.config import load_config
 from aim_core.data.annotations import VideoRecord
+from aim_core.data.sampling import sample_indices
 from aim_core.data.synthetic import write_mp4
-from aim_core.data.video import VideoDataset, video_dataset
+from aim_core.data.video import DECODERS, VideoDataset, video_dataset
 
 REAL_CLIPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "real-clips")
 
@@ -66,6 +69,27 @@ def clips_per_second(dataset: VideoDataset, workers: int, clips: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def profile(dataset: VideoDataset, clips: int) -> dict:
+    """Mean seconds per clip spent opening, decoding and transforming, in this process."""
+    rng, cfg = np.random.default_rng(0), dataset.cfg
+    spent = {"open": 0.0, "decode": 0.0, "transform": 0.0}
+    for k in range(clips):
+        path = dataset.records[k % len(dataset.records)].path
+        start = time.perf_counter()
+        reader = dataset.reader.open(path)
+        indices = sample_indices(len(reader), cfg.num_frames, cfg.sampling, cfg.frame_interval, True, 1, rng)
+        opened = time.perf_counter()
+        frames = dataset.reader.read(reader, path, indices)
+        decoded = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            dataset.transform(torch.from_numpy(frames).permute(0, 3, 1, 2))
+        done = time.perf_counter()
+        spent["open"] += opened - start
+        spent["decode"] += decoded - opened
+        spent["transform"] += done - decoded
+    return {f"{key}_seconds_per_clip": value / clips for key, value in spent.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=64, help="clips timed per measurement")
@@ -74,7 +98,6 @@ def main() -> None:
                                                       "data.json"))
     args = parser.parse_args()
 
-    cfg = load_config("k400_clip_vit_b16_8f")
     sources = {}
     with tempfile.TemporaryDirectory() as tmp:
         sources["generated_340x256_h264"] = make_videos(tmp, args.videos)
@@ -84,12 +107,17 @@ def main() -> None:
         report = {"benchmark": "data", "clip": "8x224x224, dense 8x16, decode short side 256",
                   "cpu_cores": os.cpu_count(), "results": {}}
         for name, records in sources.items():
-            dataset = video_dataset(cfg, records, "", train=True)
-            result = {"videos": len(records)}
-            for workers in (1, 2):
-                rate = clips_per_second(dataset, workers, args.clips)
-                result[f"workers_{workers}"] = {"clips_per_second": rate, "clips_per_second_per_worker": rate / workers}
-            report["results"][name] = result
+            report["results"][name] = {"videos": len(records)}
+            for decoder in DECODERS:
+                cfg = load_config("k400_clip_vit_b16_8f", [f"data.decoder={decoder}"])
+                dataset = video_dataset(cfg, records, "", train=True)
+                result = profile(dataset, min(args.clips, 24))
+                for workers in (1, 2):
+                    rate = clips_per_second(dataset, workers, args.clips)
+                    result[f"workers_{workers}"] = {"clips_per_second": rate,
+                                                    "clips_per_second_per_worker": rate / workers}
+                report["results"][name][decoder] = result
+                print(name, decoder, json.dumps(result), flush=True)
     text = json.dumps(report, indent=2)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -15,7 +15,8 @@ forward (a saved-tensors hook, parameters left out), the same measure on any dev
 FLOPs are those that actually run in a step (forward and backward, counted by torch's
 FlopCounterMode): frozen layers compute no weight gradients, so this is less than the "3 x
 forward" rule. The achieved FLOP/s are also given against what one large matrix product reaches on the same
-machine (`matmul_ceiling_tflops_per_second`): the physical limit here. Model FLOPs utilisation on a GPU is given both ways: `mfu_counted` (counted
+machine (`matmul_ceiling_tflops_per_second`): the physical limit here.
+Model FLOPs utilisation on a GPU is given both ways: `mfu_counted` (counted
 FLOPs) and `mfu_6x_macs` (multiply-adds x 2 x 3, the usual formula, which overstates AIM's work).
 
     python benchmarks/train.py                                  # CPU: embedded model shape, synthetic videos

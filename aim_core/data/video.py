@@ -1,4 +1,4 @@
-"""Video datasets read with decord, robust to bad files.
+"""Video datasets read with decord (or PyAV, `data.decoder`), robust to bad files.
 
 `VideoDataset` decodes only the sampled frames (`VideoReader.get_batch`), resized by the
 decoder itself so that the short side is `data.short_side` in training and
@@ -51,22 +51,66 @@ def decode_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(short_side, round(height * short_side / width)), short_side
 
 
-class FrameReader:
-    """Reads selected frames of a video at a reduced size; remembers each file's size."""
+class PyAVVideo:
+    """A video read with PyAV as decord's `VideoReader` is read: its frame count, then `get_frames(indices)`.
 
-    def __init__(self, short_side: int):
-        self.short_side = short_side
+    The frames are decoded in order from the first packet up to the last frame asked for (a seek would land on
+    the same keyframe for Kinetics-length clips and costs more than it saves), and only the frames asked for are
+    converted to RGB at the reduced size, by swscale (bilinear)."""
+
+    def __init__(self, path: str, height: int, width: int):
+        import av
+
+        self.path, self.height, self.width = path, height, width
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            # the container's count where it has one (MP4); else the packets, counted without decoding (WebM)
+            self.frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def get_frames(self, indices: list[int]) -> np.ndarray:
+        import av
+
+        wanted, got = set(indices), {}
+        with av.open(self.path) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index in wanted:
+                    got[index] = frame.to_ndarray(width=self.width, height=self.height, format="rgb24",
+                                                  interpolation="BILINEAR")
+                if len(got) == len(wanted):
+                    break
+        if len(got) < len(wanted):
+            raise VideoReadError(f"{self.path}: frame {min(wanted - set(got))} of {self.frames} could not be decoded")
+        return np.stack([got[i] for i in indices])
+
+
+DECODERS = ("decord", "pyav")
+
+
+class FrameReader:
+    """Reads selected frames of a video at a reduced size, with decord or PyAV (`data.decoder`); remembers each
+    file's size. Both give the same frames for the same indices, pixel for pixel at the video's own size (tested);
+    resized, their scalers differ by a few levels."""
+
+    def __init__(self, short_side: int, decoder: str = "decord"):
+        if decoder not in DECODERS:
+            raise ConfigError(f"data.decoder={decoder!r}; choose one of {', '.join(DECODERS)}")
+        self.short_side, self.decoder = short_side, decoder
         self._sizes: dict[str, tuple[int, int]] = {}
 
     def open(self, path: str):
-        import decord
-
         if not os.path.isfile(path):
             raise VideoReadError(f"{path}: no such file")
         try:
             if path not in self._sizes:
                 self._sizes[path] = decode_size(*probe_size(path), self.short_side)
             height, width = self._sizes[path]
+            if self.decoder == "pyav":
+                return PyAVVideo(path, height, width)
+            import decord
+
             return decord.VideoReader(path, width=width, height=height, num_threads=1)
         except Exception as err:  # decord and PyAV raise many types for broken files
             raise VideoReadError(f"{path}: cannot open: {err}") from err
@@ -74,7 +118,11 @@ class FrameReader:
     @staticmethod
     def read(reader, path: str, indices: np.ndarray) -> np.ndarray:
         try:
+            if isinstance(reader, PyAVVideo):
+                return reader.get_frames(indices.reshape(-1).tolist())
             return reader.get_batch(indices.reshape(-1).tolist()).asnumpy()
+        except VideoReadError:
+            raise
         except Exception as err:
             raise VideoReadError(f"{path}: cannot decode frames: {err}") from err
 
@@ -88,7 +136,7 @@ class VideoDataset(Dataset):
         self.cfg = data_cfg
         self.train = train
         self.seed = seed
-        self.reader = FrameReader(data_cfg.short_side if train else data_cfg.input_size)
+        self.reader = FrameReader(data_cfg.short_side if train else data_cfg.input_size, data_cfg.decoder)
         self.transform = train_transform(data_cfg, mean, std) if train else TestTransform(data_cfg, mean, std)
         self._reported: set[str] = set()
 
