@@ -81,6 +81,13 @@ class OfficialAIM(nn.Module):
             parameter.requires_grad = any(key in name for key in ("temporal_embedding", "ln_post", "fc_cls",
                                                                   "Adapter"))
 
+    full_finetune = False  # what aimfl's trainable set asks of a model (aim_core/model/trainable.py)
+
+    def adapter_params(self) -> list[str]:
+        """The official rule's non-adapter trainables, as aimfl's optimiser reads them (the adapters declare
+        their own)."""
+        return ["temporal_embedding", "ln_post.weight", "ln_post.bias", "fc_cls.weight", "fc_cls.bias"]
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         b, t = video.shape[:2]  # (B, T, 3, H, W), aimfl's input; the official code takes (B, 3, T, H, W)
         x = self.conv1(video.flatten(0, 1))

@@ -29,5 +29,9 @@ def test_the_official_style_model_gives_aimfls_logits_and_trains_the_same_set(ov
         ours, theirs = model(video), baseline(video)
     assert ours.abs().max() > 1e-3
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
+    from aim_core.model.trainable import trainable_names
+
     trainable = sum(p.numel() for p in baseline.parameters() if p.requires_grad)
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    named = dict(baseline.named_parameters())
+    assert sum(named[n].numel() for n in trainable_names(baseline)) == trainable  # what aimfl's optimiser steps
