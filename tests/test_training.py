@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from aim_core.engine.checkpoint import load_training_state
 from aim_core.engine.evaluation import average_view_probabilities
-from aim_core.engine.step import Trainer, build_mixup, build_optimizer, build_scheduler
+from aim_core.engine.step import Trainer, build_mixup, build_optimizer, build_scheduler, build_trainer
 from aim_core.model.factory import build_model
 from aimfl.processes import find_program
 
@@ -211,3 +211,26 @@ def test_pretrain_image_saves_timm_weights_the_synthetic_config_loads(tiny_cfg, 
     torch.testing.assert_close(ours["blocks.3.attn.qkv.weight"], saved["blocks.3.attn.qkv.weight"], rtol=0, atol=0)
     torch.testing.assert_close(ours["stem.vit.patch_embed.proj.weight"], saved["patch_embed.proj.weight"], rtol=0,
                                atol=0)
+
+
+@pytest.mark.slow  # inductor runs the C++ compiler
+@pytest.mark.parametrize("mode", ["model", "blocks"])
+def test_a_compiled_model_trains_like_the_eager_one_and_keeps_its_names(tiny_cfg, mode):
+    deterministic = ("model.head_dropout=0", "model.drop_path_rate=0")
+    cfg = tiny_cfg("tiny_timm_vit", *deterministic)
+    torch.manual_seed(0)
+    eager = build_model(cfg.model)
+    compiled = build_model(cfg.model)
+    compiled.load_state_dict(eager.state_dict())
+    names = [name for name, _ in compiled.named_parameters()]
+    video = torch.randn(2, cfg.data.num_frames, 3, cfg.data.input_size, cfg.data.input_size)
+    labels = torch.tensor([0, 1])
+    losses = {}
+    for name, model, compile_mode in (("eager", eager, "none"), ("compiled", compiled, mode)):
+        run_cfg = tiny_cfg("tiny_timm_vit", f"model.compile={compile_mode}", *deterministic)
+        trainer = build_trainer(model, run_cfg, torch.device("cpu"), updates_per_epoch=4)
+        losses[name] = [trainer.step(video, labels).item() for _ in range(2)]
+    assert [name for name, _ in compiled.named_parameters()] == names
+    compiled_part = compiled if mode == "model" else compiled.blocks[0]
+    assert compiled_part._compiled_call_impl is not None and eager._compiled_call_impl is None
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4, abs=1e-5)

@@ -28,7 +28,7 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from aim_core.config import progress_options
+from aim_core.config import ConfigError, progress_options
 from aim_core.engine.precision import autocast, resolve_precision
 from aim_core.model.trainable import trainable_names
 
@@ -188,7 +188,24 @@ def run_epoch(trainer: Trainer, loader, epoch: int, seed: int, stream: int = 0, 
     return trainer.train_epoch(bar, progress=bar, log_every=log_every, on_log=on_log)
 
 
+COMPILE_MODES = ("none", "model", "blocks")
+
+
+def compile_in_place(model: nn.Module, mode: str) -> None:
+    """`model.compile`: torch.compile of the whole model or of each block, in place (`nn.Module.compile`), so
+    parameter names, checkpoints and the trainable set stay as they are."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"model.compile={mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "model":
+        unwrap(model).compile()
+    elif mode == "blocks":  # the ViT's blocks, or each Swin stage's
+        for stage in getattr(unwrap(model), "stages", [unwrap(model)]):
+            for block in stage.blocks:
+                block.compile()
+
+
 def build_trainer(model: nn.Module, cfg, device: torch.device, updates_per_epoch: int) -> Trainer:
+    compile_in_place(model, cfg.model.compile)
     schedule = cfg.schedule
     optimizer = build_optimizer(model, schedule)
     return Trainer(
