@@ -91,8 +91,9 @@ DECODERS = ("decord", "pyav")
 
 class FrameReader:
     """Reads selected frames of a video at a reduced size, with decord or PyAV (`data.decoder`); remembers each
-    file's size. Both give the same frames for the same indices, pixel for pixel at the video's own size (tested);
-    resized, their scalers differ by a few levels."""
+    file's size. At the video's own size PyAV gives exactly the frames of a sequential decode, and so does decord
+    except where it seeks inexactly (an AVI of the shared clips, after earlier reads: tested); resized, the two
+    scalers differ by a few levels."""
 
     def __init__(self, short_side: int, decoder: str = "decord"):
         if decoder not in DECODERS:
