@@ -4,7 +4,6 @@ import json
 import logging
 import os
 
-import decord
 import numpy as np
 import pytest
 import torch

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, aimfl, save_tiny_backbone, tiny_overrides
+from helpers import TINY, aimfl, save_tiny_backbone
 
 from aim_core.data.annotations import read_annotations
 from aim_core.data.synthetic import make_synthetic
@@ -49,7 +49,7 @@ def environment_not_activated():
 
 def site_overrides(world, weights):
     """The server's overrides: its data root and its copy of the backbone weights (sites use their node config's)."""
-    return [*tiny_overrides(world, "unused"), f"model.backbone.checkpoint={weights}"]
+    return [f"data.root={world}", f"model.backbone.checkpoint={weights}"]  # the run folder is the run's out-dir
 
 
 @pytest.fixture(scope="module")

@@ -287,6 +287,9 @@ def test_relative_paths_are_named_and_made_absolute_against_where_the_user_typed
     assert relative_paths(fixed, cfg) == [] and fixed.partition_dir == "/home/me/parts"
     assert cfg.data.root == "/home/me/videos" and cfg.data.val_list == "/home/me/videos/val.txt"
     assert cfg.model.backbone.checkpoint.startswith(("~", "/")) and "/home/me" not in cfg.model.backbone.checkpoint
+    deployed = FederatedSettings.from_run_config({**run, "overrides": "data.root=/videos",
+                                                  "site-sizes": "/srv/sizes.json"})
+    assert relative_paths(deployed, experiment_config(deployed)) == []  # a deployment reads no partition-dir
 
 
 def test_fedavgm_steps_with_momentum_and_its_momentum_survives_a_resume(monkeypatch):

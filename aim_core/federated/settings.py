@@ -229,7 +229,8 @@ CONFIG_PATH_KEYS = ("data.root", "data.train_root", "data.val_root", "data.train
 def relative_paths(settings: FederatedSettings, cfg) -> list[str]:
     """The paths (`key=value`) of a run and of its config `cfg` that are relative. A Flower run resolves them
     against the SuperLink's working directory, wherever it was started, not where `flwr run` was typed."""
-    given = [(key, getattr(settings, key.replace("-", "_"))) for key in RUN_PATH_KEYS]
+    used = [key for key in RUN_PATH_KEYS if not (key == "partition-dir" and settings.site_sizes)]  # deployment
+    given = [(key, getattr(settings, key.replace("-", "_"))) for key in used]
     given += [(key, OmegaConf.select(cfg, key)) for key in CONFIG_PATH_KEYS]
     return [f"{key}={value}" for key, value in given if value and not _absolute(value)]
 
