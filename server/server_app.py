@@ -38,7 +38,12 @@ def main(grid: Grid, context: Context) -> None:
                           "paths (aimfl simulate makes them absolute for you)")
     run = FederatedRun(settings)
     strategy = build_strategy(settings, run.strategy_state)
-    rounds = ValidatedRounds(strategy, settings, ClientSizes(settings, run.cfg, run.counts["trainable_params"]))
+    sizes = ClientSizes(settings, run.cfg, run.counts["trainable_params"])
+    if not sizes.by_node and len(nodes := list(grid.get_node_ids())) > len(sizes.videos):
+        # a simulation: every SuperNode trains the partition of its partition-id, and the extra ones have none
+        raise ConfigError(f"{len(nodes)} SuperNodes, but partition-dir={settings.partition_dir} holds "
+                          f"{len(sizes.videos)} partitions (client_XXX.txt): run at most {len(sizes.videos)}")
+    rounds = ValidatedRounds(strategy, settings, sizes)
     arrays = run.global_arrays()
     log(INFO, "%s: rounds %d..%d of %d, %s trainable of %s parameters, %.2f MB per update (%s)",
         settings.strategy, run.rounds_done + 1, settings.last_round, settings.num_server_rounds,

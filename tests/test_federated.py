@@ -193,6 +193,13 @@ def test_without_a_val_list_rounds_are_checkpointed_and_a_failing_serverapp_fail
     assert code == 1, (tmp_path / "broken.log").read_text()[-2000:]
     assert "relative paths in the run config: out-dir=relative-run" in (tmp_path / "broken.log").read_text()
 
+    # a plain `flwr run` with more SuperNodes than partitions: refused before round 1, in one line
+    extra = run_config(synthetic_world, partitions / "iid2", tmp_path / "extra", 2, num_server_rounds=1)
+    code = run_simulation(extra, 3, str(tmp_path / "extra.log"), echo=lambda line: None, timeout=400)
+    log = (tmp_path / "extra.log").read_text()
+    assert code == 1 and "3 SuperNodes, but partition-dir=" in log and "holds 2 partitions" in log
+    assert "[ROUND 1" not in log
+
 
 @pytest.mark.slow
 def test_fedavg_with_one_client_equals_centralized_training(synthetic_world, partitions, tmp_path):
