@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -208,17 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aimfl", description="AIM adapters for video, trained centrally or federated")
     parser.add_argument("--version", action="version", version=f"aimfl {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(subparsers.add_parser, formatter_class=DefaultsHelpFormatter)  # defaults in --help
 
-    class Commands:
-        """Every subcommand's --help shows its defaults."""
-
-        @staticmethod
-        def add_parser(name: str, **kwargs) -> argparse.ArgumentParser:
-            return subparsers.add_parser(name, formatter_class=DefaultsHelpFormatter, **kwargs)
-
-    commands = Commands()
-
-    demo = commands.add_parser("demo", help="the main job: synthetic world, embedded image model, space-only vs "
+    demo = command("demo", help="the main job: synthetic world, embedded image model, space-only vs "
                                              "centralized vs federated AIM (minutes on a CPU)")
     demo.add_argument("--out", default="outputs/demo", help="report folder")
     demo.add_argument("--data", default="data/synthetic", help="synthetic world folder (made if missing)")
@@ -226,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. demo.clients=3)")
     demo.set_defaults(run=cmd_demo)
 
-    local = commands.add_parser("local-federation", help="a TLS SuperLink and one authenticated SuperNode per site on "
+    local = command("local-federation", help="a TLS SuperLink and one authenticated SuperNode per site on "
                                                           "127.0.0.1: a real Flower deployment, end to end")
     local.add_argument("--out", default="outputs/local-federation", help="credentials, site folders, logs, run")
     local.add_argument("--data", default="data/synthetic-3sites", help="synthetic world with one site per SuperNode "
@@ -236,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. local_federation.rounds=4)")
     local.set_defaults(run=cmd_local_federation)
 
-    sim = commands.add_parser("simulate", help="a federated run on Flower's simulation engine: checked first, in its "
+    sim = command("simulate", help="a federated run on Flower's simulation engine: checked first, in its "
                                                 "own FLWR_HOME, its SuperLink stopped after it, non-zero on failure")
     sim.add_argument("--nodes", type=int, required=True, help="simulated SuperNodes, one per partition")
     sim.add_argument("--run-config", required=True, help="'key=value ...' as flwr run takes it (keys: pyproject.toml "
@@ -246,14 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--log", help="the run's log (default: OUT-DIR.flwr.log)")
     sim.set_defaults(run=cmd_simulate)
 
-    certs = commands.add_parser("make-certs", help="a CA and the SuperLink's TLS certificate for the given hosts")
+    certs = command("make-certs", help="a CA and the SuperLink's TLS certificate for the given hosts")
     certs.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
     certs.add_argument("--host", action="append", required=True,
                        help="a name or IP address the SuperNodes dial (repeat for several)")
     certs.add_argument("--days", type=int, default=365, help="validity")
     certs.set_defaults(run=cmd_make_certs)
 
-    proxy = commands.add_parser("make-proxy-config", help="the nginx configuration of the sites' address: the "
+    proxy = command("make-proxy-config", help="the nginx configuration of the sites' address: the "
                                                            "Fleet API only, so that only the operator starts runs")
     proxy.add_argument("--listen", default="0.0.0.0:9092", help="the address the sites dial (HOST:PORT)")
     proxy.add_argument("--superlink-port", type=int, default=9093, help="the SuperLink's port on 127.0.0.1")
@@ -262,38 +255,38 @@ def main(argv: list[str] | None = None) -> int:
     proxy.add_argument("--insecure", action="store_true", help="plain HTTP (no TLS): only to debug on one machine")
     proxy.set_defaults(run=cmd_make_proxy_config)
 
-    site_key = commands.add_parser("make-site-key", help="a site's ECDSA P-384 key pair for SuperNode authentication "
+    site_key = command("make-site-key", help="a site's ECDSA P-384 key pair for SuperNode authentication "
                                                           "(as ssh-keygen -t ecdsa -b 384)")
     site_key.add_argument("path", help="private key file; the public key is written to PATH.pub")
     site_key.set_defaults(run=cmd_make_site_key)
 
-    configs = commands.add_parser("configs", help="the configs shipped with aimfl, each with its first comment line")
+    configs = command("configs", help="the configs shipped with aimfl, each with its first comment line")
     configs.set_defaults(run=cmd_configs)
 
-    show = commands.add_parser("print-config", help="a config as it resolves, with every default and override")
+    show = command("print-config", help="a config as it resolves, with every default and override")
     show.add_argument("config", help="a config file, or a name in configs/ (see aimfl configs)")
     show.add_argument("overrides", nargs="*", help="key=value config overrides")
     show.set_defaults(run=cmd_print_config)
 
-    info = commands.add_parser("info", help="parameter counts and multiply-adds of a config, as JSON (offline)")
+    info = command("info", help="parameter counts and multiply-adds of a config, as JSON (offline)")
     info.add_argument("config", help="a config file, or a name in configs/ (e.g. k400_clip_vit_b16_8f)")
     info.add_argument("overrides", nargs="*", help="key=value config overrides")
     info.set_defaults(run=cmd_info)
 
-    train = commands.add_parser("train", help="train centrally (one process, or DDP under torchrun)")
+    train = command("train", help="train centrally (one process, or DDP under torchrun)")
     train.add_argument("config", help="a config file or a name in configs/ (e.g. synthetic)")
     train.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. model.variant=space_only)")
     train.add_argument("--out", help="run folder (default: the config's output_dir)")
     train.set_defaults(run=cmd_train)
 
-    ev = commands.add_parser("eval", help="multi-view evaluation of a checkpoint on the config's val list")
+    ev = command("eval", help="multi-view evaluation of a checkpoint on the config's val list")
     ev.add_argument("config", help="a config file or a name in configs/")
     ev.add_argument("overrides", nargs="*", help="key=value config overrides")
     ev.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
     ev.add_argument("--out", help="report folder (default: eval/ beside the checkpoint)")
     ev.set_defaults(run=cmd_eval)
 
-    pred = commands.add_parser("predict", help="top classes of one video")
+    pred = command("predict", help="top classes of one video")
     pred.add_argument("video", help="a video file")
     pred.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
     pred.add_argument("--config", help="default: the config stored in the checkpoint")
@@ -301,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("overrides", nargs="*", help="key=value config overrides")
     pred.set_defaults(run=cmd_predict)
 
-    pre = commands.add_parser("pretrain-image", help="pre-train the embedded image model on procedural images "
+    pre = command("pretrain-image", help="pre-train the embedded image model on procedural images "
                                                      "(cached by recipe)")
     pre.add_argument("config", nargs="?", default="synthetic", help="a config file or a name in configs/")
     pre.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -309,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--force", action="store_true", help="train again even if the file exists")
     pre.set_defaults(run=cmd_pretrain_image)
 
-    synth = commands.add_parser("make-synthetic", help="write the synthetic video world (H.264 clips and lists)")
+    synth = command("make-synthetic", help="write the synthetic video world (H.264 clips and lists)")
     synth.add_argument("out", help="output folder")
     synth.add_argument("--seed", type=int, default=0, help="random seed of the world")
     synth.add_argument("--train-per-class", type=int, default=24, help="training clips per class")
@@ -319,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--sites", type=int, default=4, help="sites (backgrounds) for natural federated splits")
     synth.set_defaults(run=cmd_make_synthetic)
 
-    rehearsal = commands.add_parser("make-kinetics-rehearsal", help="a small world in Kinetics-400's exact layout "
+    rehearsal = command("make-kinetics-rehearsal", help="a small world in Kinetics-400's exact layout "
                                                                     "(CSV, train/ and val/, 400 classes) to rehearse "
                                                                     "the k400 recipes on")
     rehearsal.add_argument("out", help="output folder")
@@ -328,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     rehearsal.add_argument("--seed", type=int, default=0, help="random seed of the world")
     rehearsal.set_defaults(run=cmd_make_kinetics_rehearsal)
 
-    part = commands.add_parser("partition", help="split a video list into federated clients")
+    part = command("partition", help="split a video list into federated clients")
     part.add_argument("list", help="annotation file (path label [group] list, Kinetics CSV, SSv2/Diving-48 JSON)")
     part.add_argument("--clients", type=int, help="number of clients (natural: defaults to the number of groups)")
     part.add_argument("--scheme", choices=SCHEMES, default="iid", help="how videos are split")

@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from aim_core.config import ConfigError
+from aim_core.data.partition import partition_lists
 from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run_config, with_absolute_paths
 from aimfl.processes import find_program, free_port, processes_mentioning, program_env, stream_command, toml_pairs
 
@@ -74,12 +75,6 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
 
 
 
-def partitions_in(folder: str) -> int:
-    """How many `client_XXX.txt` lists `aimfl partition` wrote into `folder`."""
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sum(1 for name in names if re.fullmatch(r"client_\d{3,}\.txt", name))
-
-
 def simulate(run_config: dict, nodes: int, log_path: str | None = None, client_cpus: int = 1,
              client_gpus: float = 0.0) -> int:
     """`aimfl simulate`: a checked `run_simulation` of this app; returns the exit status (non-zero if it failed).
@@ -91,7 +86,7 @@ def simulate(run_config: dict, nodes: int, log_path: str | None = None, client_c
     """
     run_config = with_absolute_paths({**default_run_config(), **run_config}, os.getcwd())
     settings = FederatedSettings.from_run_config(run_config)
-    available = partitions_in(settings.partition_dir)
+    available = len(partition_lists(settings.partition_dir))
     if nodes > available:
         raise ConfigError(f"--nodes {nodes}, but partition-dir={os.path.abspath(settings.partition_dir)} holds "
                           f"{available} partitions (client_XXX.txt): give at most {available} nodes")

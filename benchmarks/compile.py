@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
 import torch
+from common import RESULTS, child_result, save_report
 
 from aim_core.config import load_config
 from aim_core.engine.step import COMPILE_MODES, build_trainer
@@ -70,12 +69,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             if args.fresh_cache:
                 env["TORCHINDUCTOR_CACHE_DIR"] = cache
-            child = [sys.executable, __file__, "--mode", mode, "--device", args.device, "--config", args.config,
-                     "--batch", str(args.batch), "--steps", str(args.steps)]
-            out = subprocess.run(child, capture_output=True, text=True, env=env)
-        if out.returncode:
-            sys.exit(f"{mode} failed:\n{out.stderr}")
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[mode] = child_result(mode, [__file__, "--mode", mode, "--device", args.device, "--config",
+                                             args.config, "--batch", str(args.batch), "--steps", str(args.steps)], env)
     eager = rows["none"]
     for row in rows.values():
         row["step_time_vs_eager"] = row["step_seconds"] / eager["step_seconds"]
@@ -83,13 +78,7 @@ def main() -> None:
     report = {"benchmark": "compile", "device": torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"cpu ({os.cpu_count()} cores)", "config": args.config, "batch": args.batch,
               "fresh_cache": args.fresh_cache, "torch": torch.__version__, "modes": rows}
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"compile_{args.device.split(':')[0]}_{args.config}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    save_report(report, args.out or os.path.join(RESULTS, f"compile_{args.device.split(':')[0]}_{args.config}.json"))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from common import RESULTS, save_report
 from torch.utils.data import DataLoader
 
 from aim_core.config import load_config
@@ -94,8 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=64, help="clips timed per measurement")
     parser.add_argument("--videos", type=int, default=8, help="generated 340x256 videos")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                      "data.json"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "data.json"))
     args = parser.parse_args()
 
     sources = {}
@@ -118,11 +118,7 @@ def main() -> None:
                                                     "clips_per_second_per_worker": rate / workers}
                 report["results"][name][decoder] = result
                 print(name, decoder, json.dumps(result), flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text + "\n")
+    save_report(report, args.out)
 
 
 if __name__ == "__main__":

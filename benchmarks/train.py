@@ -31,12 +31,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+from common import RESULTS, child_result, save_report
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -204,14 +204,10 @@ def main() -> None:
         rows.append(("official_baseline", "aim", ["--baseline"]))
     for row, variant, extra in rows:
         flags = [item for item in extra if item.startswith("--")]
-        child = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--input", args.input,
-                 "--config", args.config, "--batch", str(args.batch), "--steps", str(args.steps),
-                 "--warmup", str(args.warmup), *flags, "--set", *args.overrides,
-                 *[item for item in extra if item not in flags]]
-        out = subprocess.run(child, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{row} failed:\n{out.stderr}")
-        results[row] = json.loads(out.stdout.strip().splitlines()[-1])
+        results[row] = child_result(row, [
+            __file__, "--variant", variant, "--device", args.device, "--input", args.input, "--config", args.config,
+            "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), *flags,
+            "--set", *args.overrides, *[item for item in extra if item not in flags]])
     aim, full = results["aim"], results["full_finetune"]
     memory_key = "peak_memory_gib" if on_gpu else "step_memory_gib"
     device = torch.device(args.device)
@@ -236,13 +232,7 @@ def main() -> None:
             / full["saved_activations_mib"],
             "step_time_ratio": results["aim_grad_checkpointing"]["step_seconds"] / full["step_seconds"]},
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"train_{args.device.split(':')[0]}_{args.input}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    save_report(report, args.out or os.path.join(RESULTS, f"train_{args.device.split(':')[0]}_{args.input}.json"))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 from aim_core.config import ConfigError
 from aim_core.data.annotations import read_annotations
+from aim_core.data.partition import partition_lists
 from aim_core.federated.local import held_out_count, local_updates
 from aim_core.federated.settings import FederatedSettings
 
@@ -52,12 +52,11 @@ class ClientSizes:
 
     def _read_partitions(self) -> dict[int, int]:
         folder = self.settings.partition_dir
-        names = sorted(n for n in os.listdir(folder) if n.startswith("client_") and n.endswith(".txt")) \
-            if os.path.isdir(folder) else []
-        if not names:
+        lists = partition_lists(folder)
+        if not lists:
             raise ConfigError(f"the server needs each client's number of videos: no client_XXX.txt lists in "
                               f"partition-dir={folder!r} (simulation), and no site-sizes file (deployment)")
-        return {int(name[7:-4]): len(read_annotations(os.path.join(folder, name), "list")) for name in names}
+        return {partition: len(read_annotations(path, "list")) for partition, path in lists.items()}
 
     def identify(self, node: int, metrics) -> tuple[int | None, str | None]:
         """(the key of the client's record, None) or (None, why the reply names no client the server knows)."""

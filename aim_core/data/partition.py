@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -59,6 +60,18 @@ def covering_pathological_partitioner(clients: int, classes_per_client: int, see
 
     return CoveringPathologicalPartitioner(num_partitions=clients, partition_by="label",
                                            num_classes_per_partition=classes_per_client, seed=seed)
+
+
+def partition_path(folder: str, partition: int) -> str:
+    """Where `write_partitions` puts the list of client `partition`."""
+    return os.path.join(folder, f"client_{partition:03d}.txt")
+
+
+def partition_lists(folder: str) -> dict[int, str]:
+    """The client lists `write_partitions` wrote into `folder`: partition id -> path (none if no such folder)."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    found = (re.fullmatch(r"client_(\d{3,})\.txt", name) for name in names)
+    return dict(sorted((int(match[1]), os.path.join(folder, match[0])) for match in found if match))
 
 
 def partition_indices(
@@ -182,7 +195,7 @@ def write_partitions(
     parts = partition_indices(records, scheme, clients, alpha, classes_per_client, seed, min_size)
     os.makedirs(out, exist_ok=True)
     for i, part in enumerate(parts):
-        write_path_label_list(os.path.join(out, f"client_{i:03d}.txt"), [records[j] for j in part])
+        write_path_label_list(partition_path(out, i), [records[j] for j in part])
     num_classes = num_classes or max(r.label for r in records) + 1
     summary = {"source": source, "scheme": scheme, "clients": len(parts), "alpha": alpha,
                "classes_per_client": classes_per_client, "seed": seed, "samples": len(records)}

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aim_core.data.annotations import VideoRecord, read_annotations
+from aim_core.data.partition import partition_path
 from aim_core.data.video import video_dataset
 from aim_core.engine.checkpoint import atomic_write
 from aim_core.engine.loaders import make_loader
@@ -123,7 +124,7 @@ def client_setup(node_config: dict, settings: FederatedSettings):
             stream = zlib.crc32(f.read())
     else:
         partition = int(node_config["partition-id"])
-        path = os.path.join(settings.partition_dir, f"client_{partition:03d}.txt")
+        path = partition_path(settings.partition_dir, partition)
         root, stream = cfg.data.train_root, partition
         if not os.path.isfile(path):
             raise FileNotFoundError(f"partition {partition}: {os.path.abspath(path)} does not exist; write the "
