@@ -205,6 +205,13 @@ def cmd_make_site_key(args: argparse.Namespace) -> None:
                      indent=2))
 
 
+def optional_config(parser: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    """The config as the first positional, as in every command, here with a default: a first positional that is a
+    key=value override is one (`aimfl demo demo.clients=3`), see `main`."""
+    parser.add_argument("config", nargs="?", default=default, help=help + (f" (default: {default})" if default else ""))
+    parser.set_defaults(config_default=default)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aimfl", description="AIM adapters for video, trained centrally or federated")
     parser.add_argument("--version", action="version", version=f"aimfl {installed_version()}")
@@ -215,16 +222,17 @@ def main(argv: list[str] | None = None) -> int:
                                              "centralized vs federated AIM (minutes on a CPU)")
     demo.add_argument("--out", default="outputs/demo", help="report folder")
     demo.add_argument("--data", default="data/synthetic", help="synthetic world folder (made if missing)")
-    demo.add_argument("--config", default="demo", help="a config file or a name in configs/")
+    optional_config(demo, "demo", "a config file or a name in configs/")
     demo.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. demo.clients=3)")
     demo.set_defaults(run=cmd_demo)
 
     local = command("local-federation", help="a TLS SuperLink and one authenticated SuperNode per site on "
                                                           "127.0.0.1: a real Flower deployment, end to end")
+    optional_config(local, "demo", "a config file or a name in configs/ (a config of another world than the "
+                    "synthetic one trains on the videos it names: data.train_list=... ...)")
     local.add_argument("--out", default="outputs/local-federation", help="credentials, site folders, logs, run")
-    local.add_argument("--data", default="data/synthetic-3sites", help="synthetic world with one site per SuperNode "
-                                                                       "(made if missing)")
-    local.add_argument("--config", default="demo", help="a config file or a name in configs/")
+    local.add_argument("--data", help="the synthetic world, one site per SuperNode (made if missing; default: "
+                                      "data/synthetic-3sites); only for the synthetic world's configs")
     local.add_argument("--insecure", action="store_true", help="no TLS (loudly warned): only to debug on one machine")
     local.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. local_federation.rounds=4)")
     local.set_defaults(run=cmd_local_federation)
@@ -288,15 +296,15 @@ def main(argv: list[str] | None = None) -> int:
 
     pred = command("predict", help="top classes of one video")
     pred.add_argument("video", help="a video file")
+    optional_config(pred, None, "a config file or a name in configs/ (default: the config stored in the checkpoint)")
     pred.add_argument("--checkpoint", required=True, help="a .safetensors trainable-state file")
-    pred.add_argument("--config", help="default: the config stored in the checkpoint")
     pred.add_argument("--top", type=int, default=5, help="classes to print")
     pred.add_argument("overrides", nargs="*", help="key=value config overrides")
     pred.set_defaults(run=cmd_predict)
 
     pre = command("pretrain-image", help="pre-train the embedded image model on procedural images "
                                                      "(cached by recipe)")
-    pre.add_argument("config", nargs="?", default="synthetic", help="a config file or a name in configs/")
+    optional_config(pre, "synthetic", "a config file or a name in configs/")
     pre.add_argument("overrides", nargs="*", help="key=value config overrides")
     pre.add_argument("--out", help="default: the config's model.backbone.checkpoint")
     pre.add_argument("--force", action="store_true", help="train again even if the file exists")
@@ -341,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
+    if hasattr(args, "config_default") and args.config and "=" in args.config and not os.path.isfile(args.config):
+        args.overrides, args.config = [args.config, *args.overrides], args.config_default
     try:
         code = args.run(args)
     except ConfigError as err:

@@ -1,7 +1,11 @@
 """`aimfl local-federation`: a real Flower deployment on 127.0.0.1, from credentials to final adapters.
 
-1. the synthetic world with one site per SuperNode, and the embedded image model (as `aimfl demo`);
-2. the world's training list split by site (`aimfl partition --scheme natural`);
+1. the videos: the synthetic world with one site per SuperNode and the embedded image model (as
+   `aimfl demo`), or, for any other config, the videos and backbone weights the config names
+   (a Kinetics rehearsal: `aimfl make-kinetics-rehearsal`); a random backbone is written to one
+   file, so that the server and every site freeze the same weights;
+2. the training list split into sites (`local_federation.scheme`: natural, the synthetic world's
+   sites; iid, dirichlet or pathological for lists without sites, such as Kinetics);
 3. each site's folder: its list and its copy of the backbone weights (pre-staged, as a real site
    has them);
 4. credentials (reused when they exist): a CA and the SuperLink's TLS certificate
@@ -20,10 +24,11 @@ import os
 import shutil
 import time
 
-from aim_core.config import load_config
+from aim_core.config import ConfigError, load_config
 from aim_core.data.annotations import read_annotations
 from aim_core.data.partition import write_partitions
 from aim_core.federated.settings import APP_ROOT
+from aim_core.model.backbones import save_image_model
 from aimfl.credentials import make_site_key, make_tls_certificates
 from aimfl.deployment import Federation
 from aimfl.staging import federated_progress, federated_run_config, prepare_backbone, prepare_world, step
@@ -49,21 +54,52 @@ def credentials(pki: str, site_folders: dict[str, str], insecure: bool) -> dict:
     return {"tls": tls, "keys": keys}
 
 
-def run_local_federation(out: str, data_root: str, config: str = "demo", overrides: tuple[str, ...] = (),
-                         insecure: bool = False) -> dict:
-    started = time.time()
-    out, data_root = os.path.abspath(out), os.path.abspath(data_root)
-    cfg = load_config(config, [f"data.root={data_root}", *overrides])
-    plan = cfg.local_federation
-    step(1, f"synthetic world of {plan.sites} sites in {data_root}, embedded image model")
-    prepare_world(data_root, plan.sites)
-    prepare_backbone(cfg)
-    weights = cfg.model.backbone.checkpoint = os.path.expanduser(cfg.model.backbone.checkpoint)
+SYNTHETIC_DATA = "data/synthetic-3sites"
 
-    step(2, "the training list split by site")
+
+def stage_weights(cfg, out: str) -> str:
+    """The backbone weights file every site gets a copy of: the config's, or a random backbone written once."""
+    backbone = cfg.model.backbone
+    if backbone.checkpoint:
+        return os.path.expanduser(backbone.checkpoint)
+    if backbone.pretrained:
+        raise ConfigError(f"model.backbone.pretrained={backbone.pretrained!r}: a site is given a weights file, not a "
+                          f"hub tag; download the weights and set model.backbone.checkpoint=/path/to/weights")
+    path = os.path.join(out, "backbone.pth")
+    os.makedirs(out, exist_ok=True)
+    save_image_model(backbone, cfg.model.image_size, path)
+    return path
+
+
+def run_local_federation(out: str, data_root: str | None = None, config: str = "demo",
+                         overrides: tuple[str, ...] = (), insecure: bool = False) -> dict:
+    """`data_root`: the synthetic world's folder (made if missing), for a config of the synthetic world only;
+    any other config names its own videos (data.train_list, data.train_root, data.val_list, ...)."""
+    started = time.time()
+    out = os.path.abspath(out)
+    synthetic = load_config(config, overrides).data.name == "synthetic"
+    if synthetic:
+        data_root = os.path.abspath(data_root or SYNTHETIC_DATA)
+    elif data_root:
+        raise ConfigError(f"--data {data_root}: the synthetic world's folder, but config {config!r} trains on its own "
+                          f"videos; give them as data.train_list=... data.train_root=... (and data.val_list=...)")
+    cfg = load_config(config, [f"data.root={data_root}", *overrides] if synthetic else overrides)
+    plan = cfg.local_federation
+    if synthetic:
+        step(1, f"synthetic world of {plan.sites} sites in {data_root}, embedded image model")
+        prepare_world(data_root, plan.sites)
+        prepare_backbone(cfg)
+    else:
+        step(1, f"the config's videos ({cfg.data.train_list}) and backbone weights")
+    records = read_annotations(cfg.data.train_list, cfg.data.list_format, cfg.data.class_names,
+                               num_classes=cfg.data.num_classes)
+    weights = cfg.model.backbone.checkpoint = stage_weights(cfg, out)
+    print(f"    {len(records)} training videos; backbone weights {weights}")
+
+    step(2, f"the training list split into {plan.sites} sites ({plan.scheme})")
     partitions = os.path.join(out, "partitions")
-    summary = write_partitions(read_annotations(cfg.data.train_list, "list"), partitions, "natural", plan.sites, 0.0,
-                               1, cfg.seed, num_classes=cfg.data.num_classes, source=cfg.data.train_list)
+    summary = write_partitions(records, partitions, plan.scheme, plan.sites, plan.alpha, plan.classes_per_client,
+                               cfg.seed, num_classes=cfg.data.num_classes, source=cfg.data.train_list)
     sites = [f"site{i}" for i in range(plan.sites)]
     print(f"    videos per site {[c['samples'] for c in summary['per_client']]}")
 
@@ -73,7 +109,7 @@ def run_local_federation(out: str, data_root: str, config: str = "demo", overrid
         os.makedirs(folder, exist_ok=True)
         shutil.copy(os.path.join(partitions, f"client_{i:03d}.txt"), os.path.join(folder, "train.txt"))
         shutil.copy(weights, os.path.join(folder, "backbone.pth"))
-        site_configs[site] = {"list-file": os.path.join(folder, "train.txt"), "video-root": data_root,
+        site_configs[site] = {"list-file": os.path.join(folder, "train.txt"), "video-root": cfg.data.train_root,
                               "backbone-weights": os.path.join(folder, "backbone.pth")}
     print(f"    in {os.path.join(out, 'sites')}")
 

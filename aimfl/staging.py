@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 from aim_core.data.synthetic import make_synthetic
 from aim_core.federated.settings import FederatedSettings, default_run_config
@@ -43,13 +44,13 @@ def prepare_backbone(cfg) -> None:
 
 
 def federated_run_config(cfg, config: str, overrides: tuple[str, ...], **keys) -> dict:
-    """The Flower run config that trains `cfg` federated (the aimfl config named `config`, its data root and
-    backbone weights fixed, plus `overrides`) with its lr, batch size and seed; `keys` sets the rest. Every value
+    """The Flower run config that trains `cfg` federated (the aimfl config named `config`, its data root (where set)
+    and backbone weights fixed, plus `overrides`) with its lr, batch size and seed; `keys` sets the rest. Every value
     is checked here, before any process starts (a bad key is named)."""
     run_config = {
         "config": os.path.abspath(config) if os.path.isfile(config) else config,
-        "overrides": " ".join([f"data.root={cfg.data.root}",
-                               f"model.backbone.checkpoint={cfg.model.backbone.checkpoint}", *overrides]),
+        "overrides": shlex.join([*([f"data.root={cfg.data.root}"] if cfg.data.root else []),
+                                 f"model.backbone.checkpoint={cfg.model.backbone.checkpoint}", *overrides]),
         "lr": cfg.schedule.lr, "batch-size": cfg.schedule.batch_size, "seed": cfg.seed,
         "client-eval-every": 0, "local-val-fraction": 0.0, **keys,
     }

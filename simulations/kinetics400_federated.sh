@@ -8,8 +8,9 @@
 #   SPLIT: iid_100 dirichlet_1.0_100 dirichlet_0.5_100 dirichlet_0.1_100 pathological_100x8 (default: all)
 # GPU share per client: CLIENT_GPUS=0.25 runs 4 clients at a time on each GPU (AIM ViT-B/16 at batch 8 with
 # bf16 needs about 10 GB each; raise it if clients run out of memory).
-# Rehearsal sizes (tests/test_kinetics_rehearsal.py): ROUNDS, WARMUP_ROUNDS, CLIENT_GPUS, CLIENT_CPUS, and OVERRIDES, appended
-# to the config overrides (a tiny backbone, a smaller frame).
+# Rehearsal sizes (tests/test_kinetics_rehearsal.py): ROUNDS, WARMUP_ROUNDS, CLIENT_GPUS, CLIENT_CPUS, CONFIG
+# (k400_rehearsal: the same recipe with a tiny backbone on small frames) and OVERRIDES, appended to the config
+# overrides.
 set -euo pipefail
 splits=$(realpath "${1:?splits folder}")
 root=$(realpath "${2:?Kinetics-400 root with train/ and val/}")
@@ -23,7 +24,7 @@ for name in "${names[@]}"; do
   # aimfl simulate checks the run config first, runs in its own FLWR_HOME with this environment's torch,
   # stops its SuperLink afterwards and exits non-zero when the ServerApp failed
   aimfl simulate --nodes 100 --client-cpus "${CLIENT_CPUS:-4}" --client-gpus "${CLIENT_GPUS:-0.25}" \
-    --run-config "config=\"k400_clip_vit_b16_8f\" \
+    --run-config "config=\"${CONFIG:-k400_clip_vit_b16_8f}\" \
 overrides=\"data.train_root=$root/train data.val_root=$root/val $val data.num_workers=4 ${OVERRIDES:-}\" \
 partition-dir=\"$splits/$name\" out-dir=\"$out/$name\" num-server-rounds=${ROUNDS:-100} local-epochs=1 lr=3e-4 \
 warmup-rounds=${WARMUP_ROUNDS:-5} batch-size=8 fraction-train=0.1 fraction-evaluate=0.0 min-nodes=10 \

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 # `configs/tiny_synthetic.yaml` (a tiny random backbone, no dropout, no drop path) on the session's synthetic world.
 TINY = "tiny_synthetic"
 
@@ -19,11 +21,16 @@ def aimfl(*args, env=None, check=True):
 
 def save_tiny_backbone(world, path):
     """The tiny random backbone of `tiny_overrides`, saved in timm format: the weights a site pre-stages."""
-    import torch
-
     from aim_core.config import load_config
-    from aim_core.model.backbones import build_timm_model
+    from aim_core.model.backbones import save_image_model
 
     cfg = load_config(TINY, tiny_overrides(world, "unused"))
-    torch.save(build_timm_model(cfg.model.backbone, img_size=cfg.model.image_size).state_dict(), path)
+    save_image_model(cfg.model.backbone, cfg.model.image_size, str(path))
     return str(path)
+
+
+# The sites' Fleet-only proxy of a deployment (`aimfl local-federation`, tests/test_deployment.py)
+needs_nginx = pytest.mark.skipif(
+    not any(os.access(os.path.join(d, "nginx"), os.X_OK) for d in [*os.environ.get("PATH", "").split(os.pathsep),
+                                                                    "/usr/sbin"]),
+    reason="nginx is not installed (apt-get install nginx): the sites' Fleet-only proxy; .ci/run installs it")

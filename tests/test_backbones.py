@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 
+from aim_core.config import ConfigError
 from aim_core.model.backbones import PretrainedWeightsError
 from aim_core.model.factory import build_model
 
@@ -66,3 +67,34 @@ def test_open_clip_local_checkpoint_is_loaded_exactly(tiny_cfg, tmp_path):
     torch.testing.assert_close(ours["blocks.0.attn.qkv.weight"], in_proj, rtol=0, atol=0)
     torch.testing.assert_close(ours["stem.positional_embedding"], source.visual.positional_embedding, rtol=0, atol=0)
     assert "proj" not in {n.split(".")[-1] for n in ours if n.startswith("stem")}
+
+
+@pytest.mark.parametrize("name", ["tiny_clip", "tiny_timm_vit", "tiny_swin"])
+def test_a_reshaped_backbone_saved_once_loads_exactly_with_its_overrides(tiny_cfg, tmp_path, name):
+    """How local-federation stages one random backbone on every site: save_image_model, then model.backbone.checkpoint
+    with the same overrides (open_clip has no model config for a reshaped tower)."""
+    from aim_core.model.backbones import save_image_model
+
+    cfg = tiny_cfg(name)
+    torch.manual_seed(1)
+    save_image_model(cfg.model.backbone, cfg.model.image_size, str(tmp_path / "backbone.pth"))
+    torch.manual_seed(1)
+    saved = build_model(cfg.model).state_dict()
+    torch.manual_seed(2)
+    loaded = build_model(tiny_cfg(name, f"model.backbone.checkpoint={tmp_path / 'backbone.pth'}").model)
+    frozen = [n for n, p in loaded.named_parameters() if not p.requires_grad]
+    assert frozen and all(torch.equal(loaded.state_dict()[n], saved[n]) for n in frozen)
+
+
+def test_a_reshaped_open_clip_tower_refuses_weights_of_another_shape(tiny_cfg, tmp_path):
+    from aim_core.model.backbones import save_image_model
+
+    cfg = tiny_cfg("tiny_clip", "model.backbone.overrides.width=32")
+    save_image_model(cfg.model.backbone, cfg.model.image_size, str(tmp_path / "narrow.pth"))
+    with pytest.raises(PretrainedWeightsError, match="narrow.pth.*size mismatch"):
+        build_model(tiny_cfg("tiny_clip", f"model.backbone.checkpoint={tmp_path / 'narrow.pth'}").model)
+
+
+def test_open_clip_hub_tag_and_overrides_are_refused(tiny_cfg):
+    with pytest.raises(ConfigError, match="model.backbone.checkpoint"):
+        build_model(tiny_cfg("tiny_clip", "model.backbone.pretrained=openai").model)

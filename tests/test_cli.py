@@ -48,3 +48,38 @@ def test_help_shows_defaults(capsys):
 def test_train_out_and_an_output_dir_override_cannot_disagree(capsys, tmp_path):
     assert main(["train", "synthetic", f"output_dir={tmp_path / 'a'}", "--out", str(tmp_path / "b")]) == 2
     assert "--out" in capsys.readouterr().err and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("argv, config, overrides", [
+    (["train", "synthetic", "seed=1"], "synthetic", ["seed=1"]),
+    (["eval", "synthetic", "--checkpoint", "c.safetensors", "seed=1"], "synthetic", ["seed=1"]),
+    (["info", "k400_clip_vit_b16_8f"], "k400_clip_vit_b16_8f", []),
+    (["print-config", "synthetic", "seed=1"], "synthetic", ["seed=1"]),
+    (["pretrain-image"], "synthetic", []),
+    (["pretrain-image", "image_pretrain.steps=5"], "synthetic", ["image_pretrain.steps=5"]),
+    (["demo", "--out", "o"], "demo", []),
+    (["demo", "demo.clients=3", "seed=2"], "demo", ["demo.clients=3", "seed=2"]),
+    (["demo", "tiny_synthetic", "demo.clients=3"], "tiny_synthetic", ["demo.clients=3"]),
+    (["local-federation", "k400_clip_vit_b16_8f", "--out", "o", "seed=1"], "k400_clip_vit_b16_8f", ["seed=1"]),
+    (["local-federation", "local_federation.rounds=4"], "demo", ["local_federation.rounds=4"]),
+    (["predict", "v.mp4", "--checkpoint", "c.safetensors"], None, []),
+    (["predict", "v.mp4", "synthetic", "--checkpoint", "c.safetensors", "data.test_clips=2"], "synthetic",
+     ["data.test_clips=2"]),
+    (["predict", "v.mp4", "data.test_clips=2", "--checkpoint", "c.safetensors"], None, ["data.test_clips=2"]),
+])
+def test_every_command_takes_the_config_as_its_first_positional(monkeypatch, argv, config, overrides):
+    import aimfl.cli as cli
+
+    seen = {}
+    for name in ("cmd_train", "cmd_eval", "cmd_info", "cmd_print_config", "cmd_pretrain_image", "cmd_demo",
+                 "cmd_local_federation", "cmd_predict"):
+        monkeypatch.setattr(cli, name, lambda args: seen.update(config=args.config, overrides=args.overrides))
+    assert cli.main(argv) == 0
+    assert seen == {"config": config, "overrides": overrides}
+
+
+@pytest.mark.parametrize("command", [["demo"], ["local-federation"], ["predict", "v.mp4", "--checkpoint", "c"]])
+def test_no_command_takes_a_config_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--config", "synthetic"])
+    assert exit_info.value.code == 2 and "--config" in capsys.readouterr().err

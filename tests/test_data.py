@@ -245,7 +245,8 @@ def test_train_and_val_lists_may_live_under_separate_roots(tiny_cfg, synthetic_w
                                                 ("ntu_drink_water.avi", False)])
 def test_both_decoders_give_the_frames_of_a_plain_sequential_decode(name, decord_exact):
     """At the video's own size, for indices unsorted and repeated as dense test clips that loop ask for them. decord
-    seeks inexactly in this AVI: after earlier reads its last frame is another one (a fresh reader gets it right);
+    seeks inexactly in this AVI: after earlier reads its last frame is, in some runs, another one (a fresh reader gets
+    it right);
     PyAV decodes in order and is exact everywhere. Resized, the two scalers differ by a few levels only."""
     import av
 
@@ -265,8 +266,7 @@ def test_both_decoders_give_the_frames_of_a_plain_sequential_decode(name, decord
     if decord_exact:
         np.testing.assert_array_equal(frames["decord"], expected)
     else:
-        np.testing.assert_array_equal(frames["decord"][:-1], expected[:-1])
-        assert not np.array_equal(frames["decord"][-1], expected[-1])  # if decord is fixed, mark it exact here
+        np.testing.assert_array_equal(frames["decord"][:-1], expected[:-1])  # the last: right in some runs only
     resized = {}
     for decoder in ("decord", "pyav"):
         reader = FrameReader(min(height, width) // 2, decoder)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, aimfl, save_tiny_backbone
+from helpers import TINY, aimfl, needs_nginx, save_tiny_backbone
 
 from aim_core.data.annotations import read_annotations
 from aim_core.data.synthetic import make_synthetic
@@ -26,13 +26,7 @@ from aimfl.credentials import make_site_key, make_tls_certificates
 from aimfl.deployment import Federation
 from aimfl.processes import find_program, interpreter_bin, processes_mentioning, program_env
 
-pytestmark = [
-    pytest.mark.slow,  # every test here runs Flower's processes
-    pytest.mark.skipif(not any(os.access(os.path.join(d, "nginx"), os.X_OK) for d in
-                               [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin"]),
-                       reason="nginx is not installed (apt-get install nginx): the sites' Fleet-only proxy; "
-                              ".ci/run installs it"),
-]
+pytestmark = [pytest.mark.slow, needs_nginx]  # every test here runs Flower's processes
 
 ROUND_TIMEOUT = 40  # seconds: a round of the tiny model takes about 20 s on 2 cores, process starts included
 
@@ -119,7 +113,7 @@ def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(
     make_synthetic(str(world), seed=1, train_per_class=2, val_per_class=1, sites=2, progress=False)
     out = tmp_path / "local"
     overrides = site_overrides(str(world), deployment["weights"])
-    result = aimfl("local-federation", "--out", str(out), "--data", str(world), "--config", TINY,
+    result = aimfl("local-federation", TINY, "--out", str(out), "--data", str(world),
                    "local_federation.sites=2", "local_federation.rounds=2", *overrides, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

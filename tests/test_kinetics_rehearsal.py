@@ -8,16 +8,15 @@ import os
 import subprocess
 
 import pytest
-from helpers import aimfl
+from helpers import aimfl, needs_nginx
 
+from aim_core.config import load_config, to_dict
 from aim_core.data.annotations import AnnotationError, read_annotations
 from aim_core.data.kinetics_rehearsal import NUM_CLASSES, class_names, make_kinetics_rehearsal
 from aim_core.federated.settings import APP_ROOT
 from aimfl.cli import main
 
-TINY_BACKBONE = ["model.backbone.pretrained=null",
-                 "model.backbone.overrides={width: 64, layers: 2, head_width: 16, patch_size: 8}",
-                 "data.input_size=32", "data.short_side=48", "data.num_workers=0"]
+
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +62,23 @@ def test_simulate_refuses_more_nodes_than_partitions_in_one_line(tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+def test_the_rehearsal_config_is_the_recipe_changed_only_in_sizes():
+    def leaves(node, prefix=""):
+        if not isinstance(node, dict) or prefix.endswith("overrides."):
+            return {prefix: node}
+        return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
+
+    recipe, rehearsal = (leaves(to_dict(load_config(name))) for name in ("k400_clip_vit_b16_8f", "k400_rehearsal"))
+    changed = {key.rstrip(".") for key in recipe if recipe[key] != rehearsal[key]}
+    assert changed == {"model.backbone.pretrained", "model.backbone.overrides", "model.image_size", "data.input_size",
+                       "data.short_side", "data.num_workers"}
+
+
 @pytest.mark.slow
 def test_centralized_k400_recipe_trains_checkpoints_and_evaluates(kinetics, tmp_path):
     out = tmp_path / "run"
-    aimfl("train", "k400_clip_vit_b16_8f", f"data.train_root={kinetics}/train", f"data.val_root={kinetics}/val",
-          f"data.train_list={kinetics}/train.csv", f"data.val_list={kinetics}/val.csv", *TINY_BACKBONE,
+    aimfl("train", "k400_rehearsal", f"data.train_root={kinetics}/train", f"data.val_root={kinetics}/val",
+          f"data.train_list={kinetics}/train.csv", f"data.val_list={kinetics}/val.csv",
           "schedule.epochs=1", "schedule.warmup_epochs=0", "schedule.batch_size=16", "--out", str(out))
     final = json.loads((out / "final.json").read_text())
     assert final["skipped_videos_train"] == 0 and final["skipped_videos_val"] == 0
@@ -85,7 +96,7 @@ def test_federated_k400_recipe_100_clients_pathological_split(kinetics, tmp_path
     summary = json.loads((splits / "pathological_100x8" / "summary.json").read_text())
     assert summary["clients"] == 100
     env = {**os.environ, "ROUNDS": "2", "WARMUP_ROUNDS": "0", "CLIENT_GPUS": "0", "CLIENT_CPUS": "1",
-           "OVERRIDES": " ".join(f"'{item}'" for item in TINY_BACKBONE)}
+           "CONFIG": "k400_rehearsal"}
     out = tmp_path / "runs"
     result = subprocess.run(["bash", os.path.join(APP_ROOT, "simulations", "kinetics400_federated.sh"), str(splits),
                              str(kinetics), str(out), "pathological_100x8"], env=env, capture_output=True, text=True,
@@ -98,3 +109,34 @@ def test_federated_k400_recipe_100_clients_pathological_split(kinetics, tmp_path
     assert all(r["accepted_updates"] == 10 for r in rounds)  # fraction-train 0.1 of 100
     assert rounds[-1]["central"]["skipped"] == 0 and 0 <= rounds[-1]["central"]["top1"] <= 1
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "final.safetensors").is_file()
+
+
+@pytest.mark.slow
+@needs_nginx
+def test_deployment_kinetics_example_through_local_federation(kinetics, tmp_path):
+    """docs/deployment.md's Kinetics run on 3 TLS, authenticated SuperNodes, with its config at rehearsal size
+    (configs/k400_rehearsal.yaml: a site takes a config name, no shapes, from the run); the tiny random backbone is
+    written once and staged on every site."""
+    out = tmp_path / "local"
+    result = aimfl("local-federation", "k400_rehearsal", "--out", str(out),
+                   f"data.train_root={kinetics}/train", f"data.train_list={kinetics}/train.csv",
+                   f"data.val_root={kinetics}/val", f"data.val_list={kinetics}/val.csv", "local_federation.scheme=iid", "local_federation.rounds=1", "schedule.batch_size=8",
+                   "data.test_clips=1", check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "local_federation.json").read_text())
+    assert summary["rounds"] == 1 and summary["tls_and_node_auth"] and summary["processes_stopped"] == 5
+    run = out / "run"
+    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[-1]["accepted_updates"] == 3
+    assert rounds[-1]["central"]["skipped"] == 0 and 0 <= rounds[-1]["central"]["top1"] <= 1
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "final.safetensors").is_file()
+    staged = [out / "sites" / f"site{i}" / "backbone.pth" for i in range(3)]
+    assert all(path.read_bytes() == (out / "backbone.pth").read_bytes() for path in staged)
+    assert sum(len((out / "sites" / f"site{i}" / "train.txt").read_text().splitlines()) for i in range(3)) == 800
+
+
+def test_local_federation_takes_no_synthetic_folder_for_another_world(capsys, tmp_path):
+    assert main(["local-federation", "k400_clip_vit_b16_8f", "--data", str(tmp_path), "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--data" in err and "data.train_list" in err

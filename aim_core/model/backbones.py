@@ -149,14 +149,17 @@ def build_open_clip_visual(cfg, image_size: int) -> nn.Module:
     model_cfg = open_clip.get_model_config(cfg.name)
     if model_cfg is None:
         raise ConfigError(f"model.backbone.name={cfg.name!r} is not an open_clip model; see open_clip.list_models()")
-    if not (cfg.pretrained or checkpoint):
-        vision_cfg = {**model_cfg["vision_cfg"], "image_size": image_size, **_overrides(cfg)}
-        return _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=bool(cfg.quick_gelu))
-    if cfg.overrides:
+    if cfg.overrides and cfg.pretrained:
         raise ConfigError(
-            "model.backbone.overrides cannot be combined with open_clip pre-trained weights; register a model "
-            "config with open_clip.add_model_config instead"
+            "model.backbone.overrides cannot be combined with an open_clip hub tag; register a model config with "
+            "open_clip.add_model_config, or give the reshaped model's weights in model.backbone.checkpoint"
         )
+    if cfg.overrides or not (cfg.pretrained or checkpoint):
+        vision_cfg = {**model_cfg["vision_cfg"], "image_size": image_size, **_overrides(cfg)}
+        tower = _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=bool(cfg.quick_gelu))
+        if checkpoint:  # a reshaped tower open_clip has no config for: its own state dict, from save_image_model
+            _load_tower_state(tower, checkpoint)
+        return tower
     try:
         with mapped_loading(checkpoint):
             clip = open_clip.create_model(
@@ -173,6 +176,19 @@ def build_open_clip_visual(cfg, image_size: int) -> nn.Module:
             raise PretrainedWeightsError(f"could not load open_clip weights from {checkpoint}: {err}") from err
         raise _download_error(cfg, "open_clip", err) from err
     return clip.visual
+
+
+def _load_tower_state(tower: nn.Module, checkpoint: str) -> None:
+    """Loads a vision tower's weights saved by `save_image_model` (or a whole CLIP state dict's `visual.*` keys)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(checkpoint))
+        if any(key.startswith("visual.") for key in state):
+            state = {key[len("visual."):]: value for key, value in state.items() if key.startswith("visual.")}
+        tower.load_state_dict(state)
+    except Exception as err:
+        detail = " ".join(str(err).split())  # load_state_dict lists every mismatch on lines of its own
+        raise PretrainedWeightsError(f"could not load open_clip weights from {checkpoint}: "
+                                     f"{detail[:300]}{'...' if len(detail) > 300 else ''}") from err
 
 
 def vit_parts_from_open_clip(visual: nn.Module) -> ViTParts:
@@ -246,9 +262,25 @@ def vit_parts_from_timm(vit: nn.Module) -> ViTParts:
     )
 
 
+def build_image_model(cfg, image_size: int) -> nn.Module:
+    """The image model of a `model.backbone` config, as its library builds it (open_clip's vision tower, timm's
+    model)."""
+    if cfg.family == "open_clip":
+        return build_open_clip_visual(cfg, image_size)
+    if cfg.family in ("timm_vit", "timm_swin"):
+        return build_timm_model(cfg, img_size=image_size, drop_path_rate=0.0)
+    raise ConfigError(f"model.backbone.family={cfg.family!r} is not one of open_clip, timm_vit, timm_swin")
+
+
+def save_image_model(cfg, image_size: int, path: str) -> None:
+    """Writes the image model's weights in its library's own format, to be loaded by `model.backbone.checkpoint`
+    with the same backbone config: how an operator stages one set of frozen weights on every site."""
+    torch.save(build_image_model(cfg, image_size).state_dict(), path)
+
+
 def build_vit_parts(cfg, image_size: int) -> ViTParts:
     if cfg.family == "open_clip":
-        return vit_parts_from_open_clip(build_open_clip_visual(cfg, image_size))
+        return vit_parts_from_open_clip(build_image_model(cfg, image_size))
     if cfg.family == "timm_vit":
-        return vit_parts_from_timm(build_timm_model(cfg, img_size=image_size, drop_path_rate=0.0))
+        return vit_parts_from_timm(build_image_model(cfg, image_size))
     raise ConfigError(f"model.backbone.family={cfg.family!r} is not a ViT family (open_clip, timm_vit)")

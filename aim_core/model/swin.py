@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from aim_core.config import ConfigError
 from aim_core.model.adapter import Adapter
 from aim_core.model.attention import self_attention
-from aim_core.model.backbones import build_timm_model
+from aim_core.model.backbones import build_image_model
 from aim_core.model.layers import (
     Adaptations,
     ClassifierHead,
@@ -106,7 +106,7 @@ class AIMSwinTransformer(nn.Module):
         from timm.models.swin_transformer import SwinTransformer
 
         adapt = adaptations_for(cfg.variant)
-        swin = build_timm_model(cfg.backbone, img_size=cfg.image_size, drop_path_rate=0.0)
+        swin = build_image_model(cfg.backbone, cfg.image_size)
         if not isinstance(swin, SwinTransformer):
             raise ConfigError(f"model.backbone.name={cfg.backbone.name!r} is not a timm SwinTransformer")
         if cfg.num_frames % cfg.tubelet_size:
