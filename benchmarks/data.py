@@ -4,7 +4,7 @@ Generates 340x256 H.264 videos (the Kinetics preprocessing size) and also reads 
 clips in ../shared/data/real-clips when present, then runs the K400 training transform
 (dense 8x16 sampling, decode at short side 256 with decord's get_batch, random resized
 crop to 224, flip, normalise) through a DataLoader with 1 and 2 workers, for every decoder
-(`data.decoder`: decord, PyAV) on the same clips. A single-process profile per decoder splits a clip's time
+(`data.decoder`: decord, PyAV, torchcodec) on the same clips. A single-process profile per decoder splits a clip's time
 into opening the file, decoding the sampled frames and the transform: where the time goes.
 
     python benchmarks/data.py [--clips 64] [--out benchmarks/results/data.json]

@@ -240,17 +240,31 @@ def test_train_and_val_lists_may_live_under_separate_roots(tiny_cfg, synthetic_w
     assert val[0]["skipped"] == 0  # read from its own root
 
 
+def torchcodec_loads() -> bool:
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # FFmpeg's shared libraries missing
+        return False
+    return True
+
+
+needs_torchcodec = pytest.mark.skipif(not torchcodec_loads(), reason="torchcodec cannot load FFmpeg's shared "
+                                      "libraries (apt-get install ffmpeg); .ci/run installs them")
+
+
 @pytest.mark.skipif(not os.path.isdir(REAL_CLIPS), reason="shared/data/real-clips is not beside this checkout")
-@pytest.mark.parametrize("name, decord_exact", [("kinetics_arm_wrestling.mp4", True), ("unlabeled_test.mp4", True),
-                                                ("ntu_drink_water.avi", False)])
-def test_both_decoders_give_the_frames_of_a_plain_sequential_decode(name, decord_exact):
-    """At the video's own size, for indices unsorted and repeated as dense test clips that loop ask for them. decord
-    seeks inexactly in this AVI: after earlier reads its last frame is, in some runs, another one (a fresh reader gets
-    it right);
-    PyAV decodes in order and is exact everywhere. Resized, the two scalers differ by a few levels only."""
+@needs_torchcodec
+@pytest.mark.parametrize("name, in_avi", [("kinetics_arm_wrestling.mp4", False), ("unlabeled_test.mp4", False),
+                                          ("ntu_drink_water.avi", True)])
+def test_every_decoder_gives_the_frames_of_a_plain_sequential_decode(name, in_avi):
+    """At the video's own size, for indices unsorted and repeated as dense test clips that loop ask for them. PyAV,
+    which decodes in order, is exact everywhere; decord and torchcodec on the MP4s. In this AVI (H.264 with B-frames,
+    no presentation timestamps) both go wrong: decord's last frame is, after earlier reads and in some runs only,
+    another one (a fresh reader gets it right), and torchcodec's frame k is the sequential decode's frame k-1 or
+    k-2, depending on earlier reads (it places frames by timestamps), frame 5 always an earlier one. Resized, the scalers differ by a few levels only."""
     import av
 
-    from aim_core.data.video import FrameReader, probe_size
+    from aim_core.data.video import DECODERS, FrameReader, probe_size
 
     path = os.path.join(REAL_CLIPS, name)
     with av.open(path) as container:
@@ -259,19 +273,55 @@ def test_both_decoders_give_the_frames_of_a_plain_sequential_decode(name, decord
     indices = np.array([5, 0, 17, 17, 3, len(truth) - 1])
     expected = np.stack([truth[i] for i in indices])
     frames = {}
-    for decoder in ("decord", "pyav"):
+    for decoder in DECODERS:
         reader = FrameReader(min(height, width), decoder)
         frames[decoder] = reader.read(reader.open(path), path, indices)
     np.testing.assert_array_equal(frames["pyav"], expected)
-    if decord_exact:
+    if not in_avi:
         np.testing.assert_array_equal(frames["decord"], expected)
+        np.testing.assert_array_equal(frames["torchcodec"], expected)
     else:
         np.testing.assert_array_equal(frames["decord"][:-1], expected[:-1])  # the last: right in some runs only
+        for got, i in zip(frames["torchcodec"], indices):  # an earlier frame, by up to 2, depending on earlier reads
+            assert any(np.array_equal(got, truth[max(i - shift, 0)]) for shift in (0, 1, 2))
+        assert not np.array_equal(frames["torchcodec"][0], expected[0])  # if torchcodec is fixed, mark it exact here
     resized = {}
-    for decoder in ("decord", "pyav"):
+    for decoder in DECODERS:
         reader = FrameReader(min(height, width) // 2, decoder)
         resized[decoder] = reader.read(reader.open(path), path, indices[:-1]).astype(np.int16)
     assert np.abs(resized["pyav"] - resized["decord"]).mean() < 2
+    assert np.abs(resized["torchcodec"] - resized["pyav"]).mean() < 2
+
+
+@needs_torchcodec
+def test_torchcodec_serves_the_training_and_test_items_of_the_other_decoders(tiny_cfg, synthetic_world):
+    items = {}
+    for decoder in ("pyav", "torchcodec"):
+        cfg = synthetic_cfg(tiny_cfg, synthetic_world, f"data.decoder={decoder}")
+        items[decoder] = (build_dataset(cfg, "train")[3], build_dataset(cfg, "val")[2])
+    for (a, b) in zip(items["pyav"], items["torchcodec"]):
+        assert a["label"] == b["label"] and a["video"].shape == b["video"].shape
+        assert (a["video"] - b["video"]).abs().mean() < 0.05  # normalised pixels: a few levels of 255
+
+
+def test_torchcodec_without_ffmpeg_is_one_config_error(monkeypatch):
+    import builtins
+
+    from aim_core.config import ConfigError
+    from aim_core.data.video import FrameReader
+
+    real_import = builtins.__import__
+
+    def no_ffmpeg(name, *args, **kwargs):
+        if name.startswith("torchcodec"):
+            raise RuntimeError("Could not load libtorchcodec. Likely causes:\n 1. FFmpeg is not properly installed")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ffmpeg)
+    with pytest.raises(ConfigError, match=r"data.decoder=torchcodec.*Could not load libtorchcodec.*apt-get install "
+                                          r"ffmpeg") as info:
+        FrameReader(64, "torchcodec")
+    assert "\n" not in str(info.value)
 
 
 def test_an_unknown_decoder_is_a_config_error(tiny_cfg, synthetic_world):

@@ -1,4 +1,4 @@
-"""Video datasets read with decord (or PyAV, `data.decoder`), robust to bad files.
+"""Video datasets read with decord (or PyAV or torchcodec, `data.decoder`), robust to bad files.
 
 `VideoDataset` decodes only the sampled frames (`VideoReader.get_batch`), resized by the
 decoder itself so that the short side is `data.short_side` in training and
@@ -86,18 +86,49 @@ class PyAVVideo:
         return np.stack([got[i] for i in indices])
 
 
-DECODERS = ("decord", "pyav")
+class TorchCodecVideo:
+    """A video read with torchcodec, PyTorch's decoder (which decodes on NVIDIA GPUs too), as decord's `VideoReader`
+    is read. Exact seeks (the file's index is scanned once, at open), and the frames are resized by FFmpeg inside
+    the decoder (bilinear, antialiased)."""
+
+    def __init__(self, path: str, height: int, width: int):
+        from torchcodec.decoders import VideoDecoder
+        from torchcodec.transforms import Resize
+
+        self.decoder = VideoDecoder(path, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=1,
+                                    transforms=[Resize((height, width))])
+
+    def __len__(self) -> int:
+        return len(self.decoder)
+
+    def get_frames(self, indices: list[int]) -> np.ndarray:
+        return self.decoder.get_frames_at(indices).data.numpy()
+
+
+DECODERS = ("decord", "pyav", "torchcodec")
+
+
+def check_torchcodec() -> None:
+    """torchcodec loads FFmpeg's shared libraries at import: without them `data.decoder=torchcodec` cannot work."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"data.decoder=torchcodec, but torchcodec cannot be loaded ({first[:200]}); install it with "
+                          f"pip install 'aimfl[torchcodec]' and FFmpeg's shared libraries (apt-get install ffmpeg)")
 
 
 class FrameReader:
-    """Reads selected frames of a video at a reduced size, with decord or PyAV (`data.decoder`); remembers each
-    file's size. At the video's own size PyAV gives exactly the frames of a sequential decode, and so does decord
-    except where it seeks inexactly (an AVI of the shared clips, after earlier reads: tested); resized, the two
-    scalers differ by a few levels."""
+    """Reads selected frames of a video at a reduced size, with decord, PyAV or torchcodec (`data.decoder`);
+    remembers each file's size. At the video's own size PyAV and torchcodec give exactly the frames of a sequential
+    decode, and so does decord except where it seeks inexactly (an AVI of the shared clips, after earlier reads:
+    tested); resized, the scalers differ by a few levels."""
 
     def __init__(self, short_side: int, decoder: str = "decord"):
         if decoder not in DECODERS:
             raise ConfigError(f"data.decoder={decoder!r}; choose one of {', '.join(DECODERS)}")
+        if decoder == "torchcodec":
+            check_torchcodec()
         self.short_side, self.decoder = short_side, decoder
         self._sizes: dict[str, tuple[int, int]] = {}
 
@@ -108,8 +139,8 @@ class FrameReader:
             if path not in self._sizes:
                 self._sizes[path] = decode_size(*probe_size(path), self.short_side)
             height, width = self._sizes[path]
-            if self.decoder == "pyav":
-                return PyAVVideo(path, height, width)
+            if self.decoder != "decord":
+                return (PyAVVideo if self.decoder == "pyav" else TorchCodecVideo)(path, height, width)
             import decord
 
             return decord.VideoReader(path, width=width, height=height, num_threads=1)
@@ -119,7 +150,7 @@ class FrameReader:
     @staticmethod
     def read(reader, path: str, indices: np.ndarray) -> np.ndarray:
         try:
-            if isinstance(reader, PyAVVideo):
+            if isinstance(reader, (PyAVVideo, TorchCodecVideo)):
                 return reader.get_frames(indices.reshape(-1).tolist())
             return reader.get_batch(indices.reshape(-1).tolist()).asnumpy()
         except VideoReadError:
