@@ -225,6 +225,8 @@ RANGES = {
     "image_pretrain.reconstruction_weight": _at_least(0),
     "image_pretrain.figure_weight": _at_least(0),
     "image_pretrain.label_weight": _at_least(0),
+    "demo.rounds": _between(1, 100_000),
+    "demo.local_epochs": _between(1, 100_000),
     "local_federation.sites": _between(1, 10_000),
     "local_federation.alpha": ("above 0", lambda v: v > 0),
     "local_federation.classes_per_client": _at_least(1),

@@ -5,13 +5,14 @@
 3. a non-IID split of its training list over `demo.clients` clients (`aimfl partition`);
 4. the frozen image model with a trained head (space-only) and centralized AIM (`aimfl train`);
 5. federated AIM: the Flower ServerApp and ClientApps on the simulation engine (`flwr run`),
-   rounds x local epochs = the centralized run's epochs, same schedule, same seed;
+   `demo.rounds` rounds of `demo.local_epochs` epochs on each client's shard, same lr, batch and seed;
 6. a table, `results.json` and plots in DIR.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -59,13 +60,13 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
                                         "overwrite": True})
         runs[name] = train(run_cfg)
 
-    rounds = cfg.schedule.epochs // demo.local_epochs
+    rounds = demo.rounds
     step(6, f"federated AIM: {demo.clients} clients x {rounds} rounds of {demo.local_epochs} local epoch(s), Flower "
             f"simulation")
     fed_out = os.path.join(out, "federated")
     run_config = federated_run_config(
         cfg, config, overrides, **{"num-server-rounds": rounds, "local-epochs": demo.local_epochs,
-                                   "warmup-rounds": round(cfg.schedule.warmup_epochs / demo.local_epochs),
+                                   "warmup-rounds": math.ceil(cfg.schedule.warmup_epochs / demo.local_epochs),
                                    "strategy": demo.strategy, "client-optimizer": demo.client_optimizer,
                                    "update-codec": demo.codec, "downlink-codec": demo.downlink_codec,
                                    "min-nodes": demo.clients, "central-eval-every": demo.central_eval_every,
@@ -94,7 +95,7 @@ def run_demo(out: str, data_root: str, config: str = "demo", overrides: tuple[st
         "codec": federated["update_codec"],
         "downlink_codec": federated["downlink_codec"],
         "bytes_total": federated["bytes_total"],
-        "clients": demo.clients, "rounds": rounds, "epochs": cfg.schedule.epochs,
+        "clients": demo.clients, "rounds": rounds, "local_epochs": demo.local_epochs, "epochs": cfg.schedule.epochs,
         "partition": {"scheme": demo.scheme, "alpha": demo.alpha,
                       "videos_per_client": [c["samples"] for c in summary["per_client"]]},
         "rejected_updates": federated["rejected_updates"],
@@ -124,7 +125,8 @@ def table(results: dict) -> str:
     rows = [
         ("frozen space-only (head only)", results["space_only_top1"], results["space_only_order_top1"],
          f"{results['space_only_trainable_params']:,} / {results['space_only_total_params']:,}"),
-        (f"federated AIM ({results['clients']} clients, {results['rounds']} rounds)", results["federated_top1"],
+        (f"federated AIM ({results['clients']} clients, {results['rounds']} rounds x {results['local_epochs']} "
+         f"local epochs)", results["federated_top1"],
          results["federated_order_top1"], f"{trainable:,} / {total:,}"),
         ("centralized AIM", results["centralized_top1"], results["centralized_order_top1"],
          f"{trainable:,} / {total:,}"),

@@ -6,22 +6,23 @@ the embedded image model, with central evaluation on the val list after every ro
 per round and against the cumulative bytes of both directions. Runs:
 
 - `grid`: splits (IID, Dirichlet 0.5, pathological 2 classes a client) x strategies (FedAvg, FedProx, FedAdam) at the
-  default recipe;
-- `recipe`: on the Dirichlet split, local epochs per round (1 or 2, at the same total epochs) and whether a client
+  demo's recipe (`demo.rounds` rounds of `demo.local_epochs` local epochs), or at the keys given with `--set`;
+- `recipe`: on the Dirichlet split, local epochs per round (1, 2, 3, 5) at the same rounds, and whether a client
   keeps its AdamW moments between rounds;
 - `codecs`: on the Dirichlet split with the default recipe: fp32, fp16, int8 (both directions) and top-k 5% with
   error feedback.
 
     python benchmarks/federated_study.py [--parts grid recipe codecs] [--out outputs/federated_study] [--save]
 
-Writes OUT/federated_study.json, accuracy_per_round.png and accuracy_vs_bytes.png (`--save`: also into
-benchmarks/results/).
+Writes OUT/NAME.json (`--name`, default federated_study), accuracy_per_round.png and accuracy_vs_bytes.png (prefixed
+NAME_ for another name; `--save`: also into benchmarks/results/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import time
@@ -37,17 +38,14 @@ SPLITS = {"iid": {"scheme": "iid"}, "dirichlet0.5": {"scheme": "dirichlet", "alp
           "pathological2": {"scheme": "pathological", "classes_per_client": 2}}
 
 
-def runs_of(parts: list[str], defaults: dict) -> list[tuple[str, str, dict]]:
+def runs_of(parts: list[str], defaults: dict, warmup_epochs: int) -> list[tuple[str, str, dict]]:
     """(name, split, run-config keys) of every run of the chosen parts."""
     runs = []
     if "recipe" in parts:
-        epochs = defaults["num-server-rounds"] * defaults["local-epochs"]
-        warmup = defaults["warmup-rounds"] * defaults["local-epochs"]
-        for local in (1, 2):
-            for kept in ("fresh", "kept"):
-                runs.append((f"dirichlet0.5/local{local}/{kept}", "dirichlet0.5",
-                             {"local-epochs": local, "num-server-rounds": epochs // local,
-                              "warmup-rounds": round(warmup / local), "client-optimizer": kept}))
+        for local in (1, 2, 3, 5):
+            runs.append((f"dirichlet0.5/local{local}", "dirichlet0.5",
+                         {"local-epochs": local, "warmup-rounds": math.ceil(warmup_epochs / local)}))
+        runs.append(("dirichlet0.5/kept-moments", "dirichlet0.5", {"client-optimizer": "kept"}))
     if "codecs" in parts:
         runs += [(f"dirichlet0.5/{codec}", "dirichlet0.5", {"update-codec": codec, "downlink-codec": down})
                  for codec, down in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8"), ("topk", "fp16"))]
@@ -70,6 +68,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--set", nargs="*", default=[], dest="keys", metavar="KEY=VALUE",
                         help="run-config keys for every run (e.g. local-epochs=2)")
+    parser.add_argument("--name", default="federated_study", help="the report's file name (NAME.json), and the "
+                        "plots' prefix")
     parser.add_argument("--save", action="store_true", help="also write the JSON and plots to benchmarks/results/")
     args = parser.parse_args()
 
@@ -82,10 +82,11 @@ def main() -> None:
     fixed = {key: json.loads(value) if value[:1] in "0123456789-tf" else value
              for key, value in (item.split("=", 1) for item in args.keys)}
     defaults = federated_run_config(cfg, args.config, (), **{
-        "num-server-rounds": cfg.schedule.epochs, "local-epochs": 1, "warmup-rounds": cfg.schedule.warmup_epochs,
+        "num-server-rounds": cfg.demo.rounds, "local-epochs": cfg.demo.local_epochs,
+        "warmup-rounds": math.ceil(cfg.schedule.warmup_epochs / cfg.demo.local_epochs),
         "min-nodes": args.clients, "central-eval-every": 1, "overwrite": True, **fixed})
     rows = []
-    for name, split, keys in runs_of(args.parts, defaults):
+    for name, split, keys in runs_of(args.parts, defaults, cfg.schedule.warmup_epochs):
         partitions = os.path.join(out, "partitions", split)
         if not os.path.isdir(partitions):
             spec = SPLITS[split]
@@ -121,9 +122,9 @@ def main() -> None:
     folders = [out] + ([RESULTS] if args.save else [])
     for folder in folders:
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "federated_study.json"), "w") as f:
+        with open(os.path.join(folder, f"{args.name}.json"), "w") as f:
             json.dump(report, f, indent=2)
-        plot(rows, folder)
+        plot(rows, folder, "" if args.name == "federated_study" else f"{args.name}_")
 
 
 def table(rows: list[dict]) -> str:
@@ -136,7 +137,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], folder: str) -> None:
+def plot(rows: list[dict], folder: str, prefix: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,8 +145,8 @@ def plot(rows: list[dict], folder: str) -> None:
 
     for name, x_key, xlabel in (("accuracy_per_round", "round", "round"),
                                 ("accuracy_vs_bytes", "cumulative_bytes", "cumulative MB, both directions")):
-        codecs = [r for r in rows if r["split"] == "dirichlet0.5" and r.get("local-epochs", 1) == 1
-                  and r.get("client-optimizer", "fresh") == "fresh" and "strategy" not in r]
+        codecs = [r for r in rows if r["split"] == "dirichlet0.5" and "local-epochs" not in r
+                  and "client-optimizer" not in r and "strategy" not in r]
         chosen = rows if x_key == "round" else codecs or rows
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in chosen:
@@ -159,7 +160,7 @@ def plot(rows: list[dict], folder: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        fig.savefig(os.path.join(folder, f"{name}.png"), dpi=120)
+        fig.savefig(os.path.join(folder, f"{prefix}{name}.png"), dpi=120)
         plt.close(fig)
 
 
