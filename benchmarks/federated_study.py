@@ -5,7 +5,7 @@ Every run is a real `flwr run` simulation of `aimfl`'s ServerApp and ClientApps 
 the embedded image model, with central evaluation on the val list after every round, so that accuracy can be read
 per round and against the cumulative bytes of both directions. Runs:
 
-- `grid`: splits (IID, Dirichlet 0.5, pathological 2 classes a client) x strategies (FedAvg, FedProx, FedAdam) at the
+- `grid`: splits (IID, Dirichlet 0.5, pathological 3 classes a client) x strategies (FedAvg, FedProx, FedAdam) at the
   demo's recipe (`demo.rounds` rounds of `demo.local_epochs` local epochs), or at the keys given with `--set`;
 - `recipe`: on the Dirichlet split, local epochs per round (1, 2, 3, 5) at the same rounds, and whether a client
   keeps its AdamW moments between rounds;
@@ -35,7 +35,7 @@ from aimfl.staging import federated_run_config, prepare_backbone, prepare_world
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SPLITS = {"iid": {"scheme": "iid"}, "dirichlet0.5": {"scheme": "dirichlet", "alpha": 0.5},
-          "pathological2": {"scheme": "pathological", "classes_per_client": 2}}
+          "pathological3": {"scheme": "pathological", "classes_per_client": 3}}  # 4 clients x 3 cover 10 classes
 
 
 def runs_of(parts: list[str], defaults: dict, warmup_epochs: int) -> list[tuple[str, str, dict]]:
