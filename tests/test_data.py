@@ -253,7 +253,6 @@ needs_torchcodec = pytest.mark.skipif(not torchcodec_loads(), reason="torchcodec
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_CLIPS), reason="shared/data/real-clips is not beside this checkout")
-@needs_torchcodec
 @pytest.mark.parametrize("name, in_avi", [("kinetics_arm_wrestling.mp4", False), ("unlabeled_test.mp4", False),
                                           ("ntu_drink_water.avi", True)])
 def test_every_decoder_gives_the_frames_of_a_plain_sequential_decode(name, in_avi):
@@ -261,7 +260,8 @@ def test_every_decoder_gives_the_frames_of_a_plain_sequential_decode(name, in_av
     which decodes in order, is exact everywhere; decord and torchcodec on the MP4s. In this AVI (H.264 with B-frames,
     no presentation timestamps) both go wrong: decord's last frame is, after earlier reads and in some runs only,
     another one (a fresh reader gets it right), and torchcodec's frame k is the sequential decode's frame k-1 or
-    k-2, depending on earlier reads (it places frames by timestamps), frame 5 always an earlier one. Resized, the scalers differ by a few levels only."""
+    k-2, depending on earlier reads (it places frames by timestamps), frame 5 always an earlier one. Resized, the
+    scalers differ by a few levels only. Without FFmpeg's libraries torchcodec is left out, the others still checked."""
     import av
 
     from aim_core.data.video import DECODERS, FrameReader, probe_size
@@ -272,25 +272,29 @@ def test_every_decoder_gives_the_frames_of_a_plain_sequential_decode(name, in_av
     height, width = probe_size(path)
     indices = np.array([5, 0, 17, 17, 3, len(truth) - 1])
     expected = np.stack([truth[i] for i in indices])
+    decoders = [d for d in DECODERS if d != "torchcodec" or torchcodec_loads()]
     frames = {}
-    for decoder in DECODERS:
+    for decoder in decoders:
         reader = FrameReader(min(height, width), decoder)
         frames[decoder] = reader.read(reader.open(path), path, indices)
     np.testing.assert_array_equal(frames["pyav"], expected)
     if not in_avi:
         np.testing.assert_array_equal(frames["decord"], expected)
-        np.testing.assert_array_equal(frames["torchcodec"], expected)
+        if "torchcodec" in frames:
+            np.testing.assert_array_equal(frames["torchcodec"], expected)
     else:
         np.testing.assert_array_equal(frames["decord"][:-1], expected[:-1])  # the last: right in some runs only
+    if in_avi and "torchcodec" in frames:
         for got, i in zip(frames["torchcodec"], indices):  # an earlier frame, by up to 2, depending on earlier reads
             assert any(np.array_equal(got, truth[max(i - shift, 0)]) for shift in (0, 1, 2))
         assert not np.array_equal(frames["torchcodec"][0], expected[0])  # if torchcodec is fixed, mark it exact here
     resized = {}
-    for decoder in DECODERS:
+    for decoder in decoders:
         reader = FrameReader(min(height, width) // 2, decoder)
         resized[decoder] = reader.read(reader.open(path), path, indices[:-1]).astype(np.int16)
     assert np.abs(resized["pyav"] - resized["decord"]).mean() < 2
-    assert np.abs(resized["torchcodec"] - resized["pyav"]).mean() < 2
+    if "torchcodec" in resized:
+        assert np.abs(resized["torchcodec"] - resized["pyav"]).mean() < 2
 
 
 @needs_torchcodec

@@ -88,8 +88,8 @@ class PyAVVideo:
 
 class TorchCodecVideo:
     """A video read with torchcodec, PyTorch's decoder (which decodes on NVIDIA GPUs too), as decord's `VideoReader`
-    is read. Exact seeks (the file's index is scanned once, at open), and the frames are resized by FFmpeg inside
-    the decoder (bilinear, antialiased)."""
+    is read. Frames are placed by the file's index (scanned once, at open), which is exact where the container has
+    timestamps (MP4; not an H.264 AVI: tested), and resized by FFmpeg inside the decoder (bilinear, antialiased)."""
 
     def __init__(self, path: str, height: int, width: int):
         from torchcodec.decoders import VideoDecoder
@@ -120,9 +120,9 @@ def check_torchcodec() -> None:
 
 class FrameReader:
     """Reads selected frames of a video at a reduced size, with decord, PyAV or torchcodec (`data.decoder`);
-    remembers each file's size. At the video's own size PyAV and torchcodec give exactly the frames of a sequential
-    decode, and so does decord except where it seeks inexactly (an AVI of the shared clips, after earlier reads:
-    tested); resized, the scalers differ by a few levels."""
+    remembers each file's size. At the video's own size PyAV gives exactly the frames of a sequential decode, and so
+    do decord and torchcodec except in an H.264 AVI of the shared clips (decord after earlier reads, torchcodec by
+    timestamps: tested); resized, the scalers differ by a few levels."""
 
     def __init__(self, short_side: int, decoder: str = "decord"):
         if decoder not in DECODERS:
