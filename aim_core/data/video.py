@@ -2,7 +2,8 @@
 
 `VideoDataset` decodes only the sampled frames (`VideoReader.get_batch`), resized by the
 decoder itself so that the short side is `data.short_side` in training and
-`data.input_size` at test time. Training items are one clip (T, C, H, W); test items are all
+`data.input_size` at test time; or, for small sets, every frame once, kept in memory
+(`data.decoded_cache_mb`). Training items are one clip (T, C, H, W); test items are all
 views (clips x crops, T, C, H, W) for multi-view evaluation.
 
 A missing, truncated or undecodable video is logged once per process with its path and counted.
@@ -171,6 +172,8 @@ class VideoDataset(Dataset):
         self.reader = FrameReader(data_cfg.short_side if train else data_cfg.input_size, data_cfg.decoder)
         self.transform = train_transform(data_cfg, mean, std) if train else TestTransform(data_cfg, mean, std)
         self._reported: set[str] = set()
+        self._decoded: dict[str, np.ndarray] = {}  # path -> every frame, while data.decoded_cache_mb lasts
+        self._cache_budget = int(data_cfg.decoded_cache_mb * 2**20)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -179,20 +182,36 @@ class VideoDataset(Dataset):
         """One video as the dataset serves it: a training clip (T, C, H, W), drawn with `rng`, or every test view
         (views, T, C, H, W). Raises `VideoReadError` for a file that cannot be read."""
         path = os.path.join(self.root, record.path)
-        reader = self.reader.open(path)
+        reader = self._decoded[path] if path in self._decoded else self.reader.open(path)
         num_frames = len(reader)
         if num_frames < 1:
             raise VideoReadError(f"{path}: no frames")
         cfg = self.cfg
         clips = 1 if self.train else cfg.test_clips
         indices = sample_indices(num_frames, cfg.num_frames, cfg.sampling, cfg.frame_interval, self.train, clips, rng)
-        frames = as_video(self.reader.read(reader, path, indices))
+        frames = as_video(self.frames(reader, path, indices))
         if self.train:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**63)))
                 return self.transform(frames).as_subclass(torch.Tensor)
         views = [self.transform(clip) for clip in frames.view(clips, cfg.num_frames, *frames.shape[1:])]
         return torch.cat(views).as_subclass(torch.Tensor)  # (clips * crops, T, C, H, W), clip-major
+
+    def frames(self, reader, path: str, indices: np.ndarray) -> np.ndarray:
+        """The frames at `indices` of an open `reader`, or of the frames kept for `path`: (n, H, W, C) uint8.
+
+        With `data.decoded_cache_mb`, a video's first read decodes all of its frames and keeps them while the budget
+        lasts, so that later epochs only index them: for small sets, where decoding costs about a fifth of a CPU
+        training step (the demo world). The budget is per process: each DataLoader worker keeps its own."""
+        if isinstance(reader, np.ndarray):  # kept from an earlier read
+            return reader[indices.reshape(-1)]
+        if self._cache_budget <= 0:
+            return self.reader.read(reader, path, indices)
+        every = self.reader.read(reader, path, np.arange(len(reader)))
+        if every.nbytes <= self._cache_budget:
+            self._cache_budget -= every.nbytes
+            self._decoded[path] = every
+        return every[indices.reshape(-1)]
 
     def _report(self, err: VideoReadError, path: str) -> None:
         if path not in self._reported:
