@@ -1,8 +1,10 @@
 """Update codecs: how a client's trained state (uplink) and the global state (downlink) travel as ArrayRecords.
 
 - `fp32`, `fp16`: the state itself, in that dtype (bf16 is cast).
-- `int8`: the update (state minus the state the client received) as int8 with one fp32 scale per row of each tensor
-  (per tensor for vectors): 1 byte a value, about a quarter of fp32. As a downlink codec, the state itself.
+- `int8`: the update (state minus the state the client received) as int8 with one fp32 scale per tensor: 1 byte a
+  value and 4 a tensor, 3.98x fewer bytes than fp32 for AIM's trainable set (a scale per row cost 4 bytes a row,
+  3.6x). As a downlink codec, the state itself, with a scale per row of each matrix: a state's rows differ in
+  magnitude (a weight matrix's output rows), an update's AdamW-made values much less.
 - `topk`: the `topk-fraction` largest-magnitude values of the update per tensor, as int32 indices into the flattened
   tensor and fp16 values (6 bytes a kept value). What is not sent stays in the client's error-feedback residual and
   is added to its next update, so every coordinate's mass is sent eventually (Stich et al., 2018; Karimireddy et al.,
@@ -28,9 +30,9 @@ NPY_HEADER_BYTES = 4096  # an .npy header (magic, dtype, shape) is far smaller; 
 SCALE, INDEX = "#scale", "#index"
 
 
-def rows_of(shape: tuple[int, ...]) -> int:
-    """Rows that get their own int8 scale: the first dimension of a matrix or more, one for a vector or scalar."""
-    return shape[0] if len(shape) >= 2 else 1
+def rows_of(shape: tuple[int, ...], per_row: bool = True) -> int:
+    """Rows that get their own int8 scale: the first dimension of a matrix or more (per_row), else one."""
+    return shape[0] if per_row and len(shape) >= 2 else 1
 
 
 def kept_values(size: int, fraction: float) -> int:
@@ -38,16 +40,17 @@ def kept_values(size: int, fraction: float) -> int:
     return min(size, max(1, math.ceil(fraction * size)))
 
 
-def quantize_int8(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes, fp32 scale per row): values ~= codes * scale, symmetric, the largest magnitude of a row at 127."""
-    rows = values.reshape(rows_of(tuple(values.shape)), -1).float()
+def quantize_int8(values: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, fp32 scales, one a row or one in all): values ~= codes * scale, symmetric, the largest magnitude
+    of a row at 127."""
+    rows = values.reshape(rows_of(tuple(values.shape), per_row), -1).float()
     scale = rows.abs().amax(dim=1) / 127
     codes = torch.round(rows / torch.where(scale > 0, scale, 1)[:, None]).clamp_(-127, 127).to(torch.int8)
     return codes.reshape(values.shape), scale
 
 
 def dequantize_int8(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    rows = codes.reshape(rows_of(codes.shape), -1).astype(np.float32) * scale[:, None]
+    rows = codes.reshape(scale.size, -1).astype(np.float32) * scale[:, None]
     return rows.reshape(codes.shape)
 
 
@@ -58,7 +61,7 @@ def encode_state(state: dict[str, torch.Tensor], codec: str) -> ArrayRecord:
     if codec == "int8":
         arrays = {}
         for key, value in state.items():
-            codes, scale = quantize_int8(value.detach().cpu())
+            codes, scale = quantize_int8(value.detach().cpu(), per_row=True)
             arrays[key], arrays[key + SCALE] = codes.contiguous(), scale.contiguous()
         return ArrayRecord(arrays)
     wire = torch.float32 if codec == "fp32" else torch.float16
@@ -83,7 +86,7 @@ def encode_update(state: dict[str, torch.Tensor], received: dict[str, torch.Tens
     for key, value in state.items():
         update = value.detach().cpu().float() - received[key].cpu().float()
         if codec == "int8":
-            arrays[key], arrays[key + SCALE] = (t.contiguous() for t in quantize_int8(update))
+            arrays[key], arrays[key + SCALE] = (t.contiguous() for t in quantize_int8(update, per_row=False))
             continue
         if residual is not None:
             update = update + residual[key]
@@ -105,7 +108,7 @@ def expected_arrays(sent: dict[str, np.ndarray], codec: str, fraction: float) ->
             expected[key] = ("float32" if codec == "fp32" else "float16", reference.shape)
         elif codec == "int8":
             expected[key] = ("int8", reference.shape)
-            expected[key + SCALE] = ("float32", (rows_of(reference.shape),))
+            expected[key + SCALE] = ("float32", (rows_of(reference.shape, per_row=False),))
         else:
             kept = kept_values(reference.size, fraction)
             expected[key], expected[key + INDEX] = ("float16", (kept,)), ("int32", (kept,))
