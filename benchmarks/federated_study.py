@@ -12,7 +12,8 @@ per round and against the cumulative bytes of both directions. Runs:
 - `codecs`: on the Dirichlet split with the default recipe: fp32, fp16, int8 (both directions) and top-k 5% with
   error feedback.
 
-    python benchmarks/federated_study.py [--parts grid recipe codecs] [--out outputs/federated_study] [--save]
+    python benchmarks/federated_study.py [--parts grid recipe codecs] [--splits ...] [--out outputs/federated_study]
+                                         [--save]
 
 Writes OUT/NAME.json (`--name`, default federated_study), accuracy_per_round.png and accuracy_vs_bytes.png (prefixed
 NAME_ for another name; `--save`: also into benchmarks/results/).
@@ -38,7 +39,7 @@ SPLITS = {"iid": {"scheme": "iid"}, "dirichlet0.5": {"scheme": "dirichlet", "alp
           "pathological3": {"scheme": "pathological", "classes_per_client": 3}}  # 4 clients x 3 cover 10 classes
 
 
-def runs_of(parts: list[str], defaults: dict, warmup_epochs: int) -> list[tuple[str, str, dict]]:
+def runs_of(parts: list[str], defaults: dict, warmup_epochs: int, splits=tuple(SPLITS)) -> list[tuple[str, str, dict]]:
     """(name, split, run-config keys) of every run of the chosen parts."""
     runs = []
     if "recipe" in parts:
@@ -50,7 +51,7 @@ def runs_of(parts: list[str], defaults: dict, warmup_epochs: int) -> list[tuple[
         runs += [(f"dirichlet0.5/{codec}", "dirichlet0.5", {"update-codec": codec, "downlink-codec": down})
                  for codec, down in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8"), ("topk", "fp16"))]
     if "grid" in parts:
-        runs += [(f"{split}/{strategy}", split, {"strategy": strategy}) for split in SPLITS
+        runs += [(f"{split}/{strategy}", split, {"strategy": strategy}) for split in splits
                  for strategy in ("fedavg", "fedprox", "fedadam")]
     unique = {}  # one run per effective configuration: a codec's fp32 row is the recipe's baseline
     for name, split, keys in runs:
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--out", default="outputs/federated_study")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS), help="the grid's splits")
     parser.add_argument("--set", nargs="*", default=[], dest="keys", metavar="KEY=VALUE",
                         help="run-config keys for every run (e.g. local-epochs=2)")
     parser.add_argument("--name", default="federated_study", help="the report's file name (NAME.json), and the "
@@ -86,7 +88,7 @@ def main() -> None:
         "warmup-rounds": math.ceil(cfg.schedule.warmup_epochs / cfg.demo.local_epochs),
         "min-nodes": args.clients, "central-eval-every": 1, "overwrite": True, **fixed})
     rows = []
-    for name, split, keys in runs_of(args.parts, defaults, cfg.schedule.warmup_epochs):
+    for name, split, keys in runs_of(args.parts, defaults, cfg.schedule.warmup_epochs, args.splits):
         partitions = os.path.join(out, "partitions", split)
         if not os.path.isdir(partitions):
             spec = SPLITS[split]
@@ -97,7 +99,7 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         started = time.time()
         run_simulation({**defaults, **keys, "partition-dir": partitions, "out-dir": run_dir}, args.clients,
-                       os.path.join(run_dir + ".log"), echo=lambda line: None)
+                       os.path.join(run_dir + ".log"), echo=lambda line: None, ray_cpus=args.clients)  # as the demo
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             history = [json.loads(line) for line in f]
         with open(os.path.join(run_dir, "final.json")) as f:

@@ -17,8 +17,6 @@ from aim_core.federated.settings import APP_ROOT
 from aimfl.cli import main
 
 
-
-
 @pytest.fixture(scope="module")
 def kinetics(tmp_path_factory):
     root = tmp_path_factory.mktemp("kinetics400")
@@ -120,8 +118,8 @@ def test_deployment_kinetics_example_through_local_federation(kinetics, tmp_path
     out = tmp_path / "local"
     result = aimfl("local-federation", "k400_rehearsal", "--out", str(out),
                    f"data.train_root={kinetics}/train", f"data.train_list={kinetics}/train.csv",
-                   f"data.val_root={kinetics}/val", f"data.val_list={kinetics}/val.csv", "local_federation.scheme=iid", "local_federation.rounds=1", "schedule.batch_size=8",
-                   "data.test_clips=1", check=False)
+                   f"data.val_root={kinetics}/val", f"data.val_list={kinetics}/val.csv", "local_federation.scheme=iid",
+                   "local_federation.rounds=1", "schedule.batch_size=8", "data.test_clips=1", check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "local_federation.json").read_text())
     assert summary["rounds"] == 1 and summary["tls_and_node_auth"] and summary["processes_stopped"] == 5

@@ -116,7 +116,8 @@ def check_torchcodec() -> None:
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"data.decoder=torchcodec, but torchcodec cannot be loaded ({first[:200]}); install it with "
-                          f"pip install 'aimfl[torchcodec]' and FFmpeg's shared libraries (apt-get install ffmpeg)")
+                          f"pip install 'aimfl[torchcodec]' and FFmpeg's shared libraries (apt-get install ffmpeg)"
+                          ) from None
 
 
 class FrameReader:
