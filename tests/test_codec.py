@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from aim_core.federated.codec import (
-    INDEX,
+    MASK,
     SCALE,
     check_encoded,
     decode_state,
@@ -22,8 +22,8 @@ from aim_core.federated.codec import (
 
 def states(seed=0):
     g = torch.Generator().manual_seed(seed)
-    received = {"blocks.0.fc1.weight": torch.randn(24, 16, generator=g),
-                "blocks.0.fc1.bias": torch.randn(24, generator=g),
+    received = {"fc1.weight": torch.randn(24, 16, generator=g),
+                "fc1.bias": torch.randn(21, generator=g),  # 21: its top-k mask has 3 padding bits
                 "temporal_embedding.weight": torch.randn(8, 16, generator=g)}
     trained = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in received.items()}
     return received, trained
@@ -77,11 +77,14 @@ def test_topk_sends_the_largest_values_and_keeps_the_rest_as_residual():
         # what was sent plus what stays equals the update exactly (up to float32 addition)
         torch.testing.assert_close(sent_part + residual[k], update, rtol=0, atol=1e-6)
         kept = kept_values(v.numel(), 0.1)
-        assert int((sent_part != 0).sum()) <= kept
-        smallest_sent = update.flatten()[record[k + INDEX].numpy()].abs().min()
-        assert residual[k].abs().max() <= smallest_sent + 1e-3  # nothing larger was left behind
+        chosen = np.unpackbits(record[k + MASK].numpy())[:v.numel()].astype(bool)
+        assert chosen.sum() == kept and int((sent_part != 0).sum()) <= kept
+        step = update.flatten()[chosen].abs().max() / 127
+        assert residual[k].flatten()[chosen].abs().max() <= step / 2 + 1e-6  # a sent value's int8 rounding stays
+        assert residual[k].flatten()[~chosen].abs().max() <= update.flatten()[chosen].abs().min()  # none larger left
     values = sum(kept_values(v.numel(), 0.1) for v in trained.values())
-    assert payload_bytes(record) == 6 * values  # int32 index + fp16 value
+    mask_bytes = sum(math.ceil(v.numel() / 8) for v in trained.values())
+    assert payload_bytes(record) == values + mask_bytes + 4 * 3  # int8 codes, a bit a position, a scale a tensor
 
 
 def test_error_feedback_sends_every_coordinates_mass_eventually():
@@ -102,7 +105,8 @@ def test_error_feedback_sends_every_coordinates_mass_eventually():
     # many rounds ran
     assert residual["w"].abs().max() <= 2 * update["w"].sum() / 10
     record, _ = encode_update(update, zero, "topk", 0.05, None)
-    assert (np.sort(record["w" + INDEX].numpy()) == np.sort(update["w"].topk(10).indices.numpy())).all()
+    chosen = np.unpackbits(record["w" + MASK].numpy())[:200].astype(bool)
+    assert (np.flatnonzero(chosen) == np.sort(update["w"].topk(10).indices.numpy())).all()
 
 
 def tamper(record: ArrayRecord, name: str, value) -> ArrayRecord:
@@ -115,24 +119,25 @@ def tamper(record: ArrayRecord, name: str, value) -> ArrayRecord:
 
 
 @pytest.mark.parametrize("codec,name,value,reason", [
-    ("topk", "blocks.0.fc1.weight" + INDEX, "out_of_range", "indices outside"),
-    ("topk", "blocks.0.fc1.weight" + INDEX, "repeated", "repeated indices"),
-    ("topk", "blocks.0.fc1.weight" + INDEX, "longer", "shape (21,), expected (20,)"),
-    ("topk", "blocks.0.fc1.weight", "float32", "expected float16"),
-    ("int8", "blocks.0.fc1.weight" + SCALE, "nan", "scales must be finite"),
-    ("int8", "blocks.0.fc1.weight" + SCALE, None, "missing"),
-    ("int8", "blocks.0.fc1.weight", "wide", "expected int8"),
+    ("topk", "fc1.weight" + MASK, "one_more", "21 positions for 20 values"),
+    ("topk", "fc1.bias" + MASK, "beyond", "positions beyond the tensor's 21 values"),
+    ("topk", "fc1.weight" + MASK, "longer", "shape (49,), expected (48,)"),
+    ("topk", "fc1.weight", "float32", "expected int8"),
+    ("topk", "fc1.weight" + SCALE, "nan", "scales must be finite"),
+    ("int8", "fc1.weight" + SCALE, "nan", "scales must be finite"),
+    ("int8", "fc1.weight" + SCALE, None, "missing"),
+    ("int8", "fc1.weight", "wide", "expected int8"),
     ("fp32", "extra", "extra", "unexpected"),
 ])
 def test_a_malformed_compressed_reply_is_rejected_with_its_reason(codec, name, value, reason):
     received, trained = states()
     record, _ = encode_update(trained, received, codec, 0.05, None)
     original = record[name].numpy() if name in record else None
+    bits = np.unpackbits(original) if original is not None and original.dtype == np.uint8 else None
     replacements = {
-        "out_of_range": lambda: torch.from_numpy(np.where(np.arange(original.size) == 0, 10**6, original)
-                                                 .astype(np.int32)),
-        "repeated": lambda: torch.from_numpy(np.full_like(original, original[0])),
-        "longer": lambda: torch.arange(original.size + 1, dtype=torch.int32),
+        "beyond": lambda: torch.from_numpy(np.packbits(np.where(np.arange(bits.size) == bits.size - 1, 1, bits))),
+        "one_more": lambda: torch.from_numpy(np.packbits(np.where(np.arange(bits.size) == np.argmin(bits), 1, bits))),
+        "longer": lambda: torch.zeros(original.size + 1, dtype=torch.uint8),
         "float32": lambda: torch.from_numpy(original.astype(np.float32)),
         "nan": lambda: torch.full(original.shape, math.nan),
         "wide": lambda: torch.from_numpy(original.astype(np.int16)),
