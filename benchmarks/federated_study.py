@@ -9,8 +9,8 @@ per round and against the cumulative bytes of both directions. Runs:
   demo's recipe (`demo.rounds` rounds of `demo.local_epochs` local epochs), or at the keys given with `--set`;
 - `recipe`: on the Dirichlet split, local epochs per round (1, 2, 3, 5) at the same rounds, and whether a client
   keeps its AdamW moments between rounds;
-- `codecs`: on the Dirichlet split with the default recipe: fp32, fp16, int8 (both directions) and top-k 5% with
-  error feedback.
+- `codecs`: on the Dirichlet split with the default recipe: fp32, fp16, int8 (both directions) and top-k (the run
+  config's topk-fraction) with error feedback.
 
     python benchmarks/federated_study.py [--parts grid recipe codecs] [--splits ...] [--out outputs/federated_study]
                                          [--save]
