@@ -118,11 +118,21 @@ def test_kept_decoded_frames_serve_the_items_of_a_fresh_decode(tiny_cfg, synthet
     cached = synthetic_cfg(tiny_cfg, synthetic_world, f"data.decoded_cache_mb={budget_mb}")
     for split, keys in (("train", [(epoch, i) for epoch in (0, 1) for i in range(6)]), ("val", range(6))):
         fresh, reused = build_dataset(plain, split), build_dataset(cached, split)
+        frames_read = []
+
+        def counting(reader, path, indices, read=reused.reader.read, counts=frames_read):
+            counts.append(indices.size)
+            return read(reader, path, indices)
+
+        reused.reader.read = counting
         for key in keys:
             assert torch.equal(fresh[key]["video"], reused[key]["video"]), (split, key)
         assert all(frames.shape[0] == 16 for frames in reused._decoded.values())
+        # a kept video is decoded whole, once; one that does not fit is read at its sampled frames only
+        whole = len(reused._decoded)
+        assert frames_read.count(16) == whole and all(n < 16 for n in frames_read if n != 16)
         if split == "train":
-            assert len(reused._decoded) == kept
+            assert whole == kept
 
 
 # ---------------------------------------------------------------- bad videos

@@ -149,6 +149,11 @@ class FrameReader:
         except Exception as err:  # decord and PyAV raise many types for broken files
             raise VideoReadError(f"{path}: cannot open: {err}") from err
 
+    def frame_bytes(self, path: str) -> int:
+        """The bytes of one decoded RGB frame of `path`, opened before."""
+        height, width = self._sizes[path]
+        return height * width * 3
+
     @staticmethod
     def read(reader, path: str, indices: np.ndarray) -> np.ndarray:
         try:
@@ -206,12 +211,11 @@ class VideoDataset(Dataset):
         training step (the demo world). The budget is per process: each DataLoader worker keeps its own."""
         if isinstance(reader, np.ndarray):  # kept from an earlier read
             return reader[indices.reshape(-1)]
-        if self._cache_budget <= 0:
+        if len(reader) * self.reader.frame_bytes(path) > self._cache_budget:  # does not fit: the sampled frames only
             return self.reader.read(reader, path, indices)
         every = self.reader.read(reader, path, np.arange(len(reader)))
-        if every.nbytes <= self._cache_budget:
-            self._cache_budget -= every.nbytes
-            self._decoded[path] = every
+        self._cache_budget -= every.nbytes
+        self._decoded[path] = every
         return every[indices.reshape(-1)]
 
     def _report(self, err: VideoReadError, path: str) -> None:
