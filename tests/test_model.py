@@ -221,3 +221,21 @@ def test_bf16_autocast_forward_backward(tiny_cfg):
     assert logits.dtype == torch.bfloat16
     logits.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("tokens", [8, 32])
+def test_short_sequence_attention_matches_sdpa_in_both_passes(tokens):
+    """The CPU path for short sequences replaces SDPA with hand-written backward: outputs and all three gradients
+    must agree with SDPA's, or the temporal adapters would learn from a wrong gradient."""
+    from aim_core.model.attention import ShortSequenceAttention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 3, tokens, 16, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(5, 3, tokens, 16)
+    ours = ShortSequenceAttention.apply(q, k, v, 0.3)
+    grads = torch.autograd.grad((ours * upstream).sum(), (q, k, v))
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+    expected = torch.autograd.grad((reference * upstream).sum(), (q, k, v))
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
