@@ -32,7 +32,7 @@ from aim_core.engine.evaluation import evaluate_and_report, write_report_files
 from aim_core.engine.loaders import evaluation_loader, make_loader
 from aim_core.engine.metrics_log import MetricsLog
 from aim_core.engine.run_dir import open_run_dir
-from aim_core.engine.step import build_trainer, run_epoch, unwrap
+from aim_core.engine.step import build_trainer, check_mixup_batch, run_epoch, unwrap
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import count_parameters, load_trainable_state, trainable_state
 
@@ -94,6 +94,7 @@ class CentralizedTraining:
         if per_process * self.world * sched.accumulation_steps != sched.batch_size:
             raise ConfigError(f"schedule.batch_size={sched.batch_size} is not divisible by {self.world} processes x "
                               f"{sched.accumulation_steps} accumulation steps")
+        check_mixup_batch(sched, per_process)
         torch.manual_seed(cfg.seed)  # the initialisation (adapters, head), the same in federated runs
         # every input is checked before anything is written: the backbone weights, both lists, the output folder
         self.model = build_model(cfg.model).to(self.device)

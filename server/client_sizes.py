@@ -9,8 +9,10 @@ weight of its update, the `num-examples` its reply must report, and the largest 
 
 The bound on an update's L2 norm follows from AdamW: one update moves a parameter by lr x |m^ / (sqrt(v^) + eps)|,
 at most lr (1 - beta1) / sqrt(1 - beta2) = 3.16 lr with the betas used here (Kingma & Ba, 2015, section 2.1), plus
-lr x weight decay x |w|. Over the k updates of a round, an honest update of P parameters therefore stays below
-k x lr x (3.16 sqrt(P) + weight decay x ||w||); `update-norm-factor` (3.2) is the first constant. Measured on the
+lr x weight decay x |w|, where a parameter's lr is the run's times its group's scale (`schedule.backbone_lr_mult`,
+`schedule.temporal_lr_mult`). Over the k updates of a round, an honest update therefore stays below
+k x lr x (3.16 sqrt(sum of scale^2 x parameters) + weight decay x ||w||) (`unit_step_norm`); `update-norm-factor`
+(3.2) is the first constant. Measured on the
 demo's federated run (4 clients, 12 rounds, lr 1e-2, 1 to 5 updates per round): honest updates reached 0.002 to 0.31
 of their bound, the highest being a single update at the peak lr, where Adam's first step moves every parameter by
 exactly lr (a norm of lr sqrt(P), 1/3.2 of the bound). Each client's `update-norm` and `norm-bound` are in the
@@ -20,7 +22,6 @@ round's line of metrics.jsonl.
 from __future__ import annotations
 
 import json
-import math
 
 from aim_core.config import ConfigError
 from aim_core.data.annotations import read_annotations
@@ -32,8 +33,8 @@ from aim_core.federated.settings import FederatedSettings
 class ClientSizes:
     """The videos of every client the server knows, by partition (simulation) or by node id (deployment)."""
 
-    def __init__(self, settings: FederatedSettings, cfg, trainable_params: int):
-        self.settings, self.cfg, self.trainable_params = settings, cfg, trainable_params
+    def __init__(self, settings: FederatedSettings, cfg, unit_step_norm: float):
+        self.settings, self.cfg, self.unit_step_norm = settings, cfg, unit_step_norm
         self.by_node = bool(settings.site_sizes)
         self.videos = self._read_site_sizes() if self.by_node else self._read_partitions()
 
@@ -82,7 +83,7 @@ class ClientSizes:
         """The bound on the L2 norm of this client's update in one round (see the module docstring)."""
         sched = self.cfg.schedule
         updates = local_updates(self.train_videos(key), self.cfg, self.settings.local_epochs)
-        peak_lr = self.settings.lr * max(1.0, sched.backbone_lr_mult)
-        per_update = self.settings.update_norm_factor * math.sqrt(self.trainable_params) \
-            + sched.weight_decay * global_norm
-        return updates * peak_lr * per_update
+        largest_scale = max(1.0, sched.backbone_lr_mult, sched.backbone_lr_mult * sched.temporal_lr_mult)
+        per_update = (self.settings.update_norm_factor * self.unit_step_norm
+                      + largest_scale * sched.weight_decay * global_norm)
+        return updates * self.settings.lr * per_update

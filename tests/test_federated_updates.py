@@ -103,8 +103,8 @@ def rounds(tiny_cfg, tmp_path, state, monkeypatch):
         **default_run_config(), "config": "tiny_clip", "min-nodes": 1, "partition-dir": str(tmp_path),
         "local-val-fraction": 0.0, "client-eval-every": 0, "batch-size": 2, "lr": 1e-3})
     cfg = experiment_config(settings)
-    params = sum(v.numel() for v in state.values())
-    return ValidatedRounds(build_strategy(settings), settings, ClientSizes(settings, cfg, params))
+    params = sum(v.numel() for v in state.values())  # every lr scale 1 in tiny_clip: the unit step's norm is sqrt(P)
+    return ValidatedRounds(build_strategy(settings), settings, ClientSizes(settings, cfg, params ** 0.5))
 
 
 def train_replies(state, clients):
@@ -175,6 +175,22 @@ def test_the_update_bound_follows_the_clients_adamw_updates(rounds, state):
     outcome = rounds.aggregate_train(1, encode_state(state, "fp32"),
                                      *train_replies(state, [(0, 10, moved(state, step))]))
     assert outcome.accepted == 0 and "exceeds the bound" in outcome.rejected[0]["reason"]
+
+
+def test_the_unit_step_counts_each_parameter_at_its_groups_lr(tiny_cfg):
+    """A temporal embedding trained at 10x the lr may move 10x as far an update: the bound counts it 100x in the
+    squared norm, so an honest client of a run with `schedule.temporal_lr_mult` is not rejected."""
+    from aim_core.engine.step import unit_step_norm
+    from aimfl import build_model
+
+    cfg = tiny_cfg("tiny_synthetic")
+    model = build_model(cfg)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cfg.schedule.temporal_lr_mult = 1
+    assert unit_step_norm(model, cfg.schedule) == pytest.approx(params ** 0.5)
+    cfg.schedule.temporal_lr_mult = 10
+    temporal = model.temporal_embedding.weight.numel()
+    assert unit_step_norm(model, cfg.schedule) == pytest.approx((params + 99 * temporal) ** 0.5)
 
 
 def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying():

@@ -178,6 +178,23 @@ def test_mixup_and_cutmix_mix_whole_clips(tiny_cfg):
         assert changed.any()
 
 
+
+def test_mixup_takes_a_non_contiguous_clip_and_an_even_batch(tiny_cfg):
+    """A loader may hand over (B, T, C, H, W) as a permuted view; mixing pairs clips, so an odd batch is refused."""
+    from aim_core.config import ConfigError
+    from aim_core.engine.step import check_mixup_batch
+
+    cfg = tiny_cfg("tiny_clip", "schedule.mixup=0.8")
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg.schedule)
+    trainer = Trainer(model, optimizer, build_scheduler(optimizer, cfg.schedule, 1), torch.device("cpu"), "fp32",
+                      mixup=build_mixup(cfg.schedule, cfg.data.num_classes))
+    permuted = torch.randn(4, 3, cfg.data.num_frames, 32, 32).transpose(1, 2)
+    assert torch.isfinite(trainer.loss(permuted, torch.tensor([0, 1, 2, 3])))
+    check_mixup_batch(cfg.schedule, 4)
+    with pytest.raises(ConfigError, match="even"):
+        check_mixup_batch(cfg.schedule, 3)
+
 def test_training_loader_workers_see_each_new_epoch(tiny_cfg, synthetic_world):
     """Augmentation is seeded by (seed, epoch, index); persistent worker processes must get every new epoch."""
     from aim_core.data.video import build_dataset

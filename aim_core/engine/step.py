@@ -52,6 +52,14 @@ def parameter_groups(model: nn.Module, schedule) -> list[dict]:
     return [{"params": p, "weight_decay": wd, "lr_scale": scale} for (wd, scale), p in groups.items()]
 
 
+def unit_step_norm(model: nn.Module, schedule) -> float:
+    """The L2 norm of a step that moves every trainable parameter by its group's lr scale: sqrt(sum of scale^2 x
+    parameters). AdamW moves a parameter by at most about 3.16 x its lr an update, so a federated server bounds an
+    honest update by it (server/client_sizes.py)."""
+    return sum(group["lr_scale"] ** 2 * sum(p.numel() for p in group["params"])
+               for group in parameter_groups(model, schedule)) ** 0.5
+
+
 def build_optimizer(model: nn.Module, schedule) -> torch.optim.AdamW:
     # each group's lr is the base lr; timm's scheduler multiplies it by the group's lr_scale
     return torch.optim.AdamW(parameter_groups(model, schedule), lr=schedule.lr, betas=tuple(schedule.betas))
@@ -62,6 +70,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule, updates_per_epoc
     total = max(round(schedule.epochs * updates_per_epoch) - warmup, 1)
     return CosineLRScheduler(optimizer, t_initial=total, lr_min=schedule.min_lr, warmup_t=warmup,
                              warmup_lr_init=schedule.warmup_lr_init, warmup_prefix=True, t_in_epochs=False)
+
+
+def check_mixup_batch(schedule, per_process: int) -> None:
+    """timm's Mixup pairs each clip of a batch with another (the batch flipped), so a process's batch must be even."""
+    if (schedule.mixup > 0 or schedule.cutmix > 0) and per_process % 2:
+        raise ConfigError(f"schedule.mixup / schedule.cutmix pair the clips of a batch: {per_process} clips a process "
+                          f"(schedule.batch_size={schedule.batch_size}) must be an even number")
 
 
 def build_mixup(schedule, num_classes: int) -> Mixup | None:
@@ -99,9 +114,9 @@ class Trainer:
     def loss(self, video: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.mixup is not None:
             # timm mixes (B, C, H, W) images; folding time into channels mixes whole clips in place
-            flat = video.view(video.shape[0], -1, *video.shape[-2:])
+            flat = video.reshape(video.shape[0], -1, *video.shape[-2:])  # a copy only if the clip is not contiguous
             flat, targets = self.mixup(flat, labels)
-            video = flat.view_as(video)
+            video = flat.view(video.shape)
         with autocast(self.device, self.precision):
             logits = self.model(video)
         logits = logits.float()

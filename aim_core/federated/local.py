@@ -24,7 +24,7 @@ from aim_core.data.partition import partition_path
 from aim_core.data.video import video_dataset
 from aim_core.engine.checkpoint import atomic_write
 from aim_core.engine.loaders import make_loader
-from aim_core.engine.step import build_trainer, run_epoch
+from aim_core.engine.step import build_trainer, check_mixup_batch, run_epoch
 from aim_core.federated.settings import FederatedSettings, experiment_config
 
 
@@ -219,6 +219,7 @@ def train_round(model: torch.nn.Module, cfg, data: ClientData, server_round: int
     sched = cfg.schedule
     dataset = video_dataset(cfg, data.train, data.root, train=True)
     per_batch = sched.batch_size // sched.accumulation_steps
+    check_mixup_batch(sched, per_batch)
     loader, _ = make_loader(dataset, per_batch, True, 0, 1, cfg.seed, cfg.data.num_workers)
     updates_per_epoch = local_updates(len(dataset), cfg, local_epochs=1)
     if updates_per_epoch == 0:
