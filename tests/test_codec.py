@@ -38,7 +38,7 @@ def roundtrip(codec, fraction=0.05, residual=None):
     record, new_residual = encode_update(trained, received, codec, fraction, residual)
     sent = numpy_state(received)
     assert check_encoded(record, sent, codec, fraction) is None
-    decoded, problem = decode_update(record, sent, codec)
+    decoded, problem = decode_update(record, sent, codec, fraction)
     assert problem is None
     return received, trained, record, decoded, new_residual
 
@@ -79,12 +79,12 @@ def test_topk_sends_the_largest_values_and_keeps_the_rest_as_residual():
         kept = kept_values(v.numel(), 0.1)
         chosen = np.unpackbits(record[k + MASK].numpy())[:v.numel()].astype(bool)
         assert chosen.sum() == kept and int((sent_part != 0).sum()) <= kept
-        step = update.flatten()[chosen].abs().max() / 127
-        assert residual[k].flatten()[chosen].abs().max() <= step / 2 + 1e-6  # a sent value's int8 rounding stays
+        step = update.flatten()[chosen].abs().max() / 7
+        assert residual[k].flatten()[chosen].abs().max() <= step / 2 + 1e-6  # a sent value's 4-bit rounding stays
         assert residual[k].flatten()[~chosen].abs().max() <= update.flatten()[chosen].abs().min()  # none larger left
-    values = sum(kept_values(v.numel(), 0.1) for v in trained.values())
+    code_bytes = sum(math.ceil(kept_values(v.numel(), 0.1) / 2) for v in trained.values())
     mask_bytes = sum(math.ceil(v.numel() / 8) for v in trained.values())
-    assert payload_bytes(record) == values + mask_bytes + 4 * 3  # int8 codes, a bit a position, a scale a tensor
+    assert payload_bytes(record) == code_bytes + mask_bytes + 4 * 3  # 4-bit codes, a bit a position, a scale a tensor
 
 
 def test_error_feedback_sends_every_coordinates_mass_eventually():
@@ -96,7 +96,7 @@ def test_error_feedback_sends_every_coordinates_mass_eventually():
     residual, sent_total, rounds = None, torch.zeros(200), 100
     for _ in range(rounds):
         record, residual = encode_update(update, zero, "topk", 0.05, residual)
-        decoded, _ = decode_update(record, {"w": np.zeros(200, np.float32)}, "topk")
+        decoded, _ = decode_update(record, {"w": np.zeros(200, np.float32)}, "topk", 0.05)
         sent_total += torch.from_numpy(decoded["w"])
     # conservation: sent + residual == every update summed
     torch.testing.assert_close(sent_total + residual["w"], rounds * update["w"], rtol=0, atol=1e-3)
@@ -120,9 +120,11 @@ def tamper(record: ArrayRecord, name: str, value) -> ArrayRecord:
 
 @pytest.mark.parametrize("codec,name,value,reason", [
     ("topk", "fc1.weight" + MASK, "one_more", "21 positions for 20 values"),
+    ("topk", "fc1.weight" + MASK, "one_less", "19 positions for 20 values"),
     ("topk", "fc1.bias" + MASK, "beyond", "positions beyond the tensor's 21 values"),
     ("topk", "fc1.weight" + MASK, "longer", "shape (49,), expected (48,)"),
-    ("topk", "fc1.weight", "float32", "expected int8"),
+    ("topk", "fc1.weight", "float32", "expected uint8"),
+    ("topk", "fc1.weight", "longer", "shape (11,), expected (10,)"),
     ("topk", "fc1.weight" + SCALE, "nan", "scales must be finite"),
     ("int8", "fc1.weight" + SCALE, "nan", "scales must be finite"),
     ("int8", "fc1.weight" + SCALE, None, "missing"),
@@ -137,6 +139,7 @@ def test_a_malformed_compressed_reply_is_rejected_with_its_reason(codec, name, v
     replacements = {
         "beyond": lambda: torch.from_numpy(np.packbits(np.where(np.arange(bits.size) == bits.size - 1, 1, bits))),
         "one_more": lambda: torch.from_numpy(np.packbits(np.where(np.arange(bits.size) == np.argmin(bits), 1, bits))),
+        "one_less": lambda: torch.from_numpy(np.packbits(np.where(np.arange(bits.size) == np.argmax(bits), 0, bits))),
         "longer": lambda: torch.zeros(original.size + 1, dtype=torch.uint8),
         "float32": lambda: torch.from_numpy(original.astype(np.float32)),
         "nan": lambda: torch.full(original.shape, math.nan),
@@ -147,5 +150,5 @@ def test_a_malformed_compressed_reply_is_rejected_with_its_reason(codec, name, v
     sent = numpy_state(received)
     problem = check_encoded(bad, sent, codec, 0.05)
     if problem is None:
-        _, problem = decode_update(bad, sent, codec)
+        _, problem = decode_update(bad, sent, codec, 0.05)
     assert problem is not None and reason in problem

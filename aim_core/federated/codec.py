@@ -6,16 +6,18 @@
   3.6x). As a downlink codec, the state itself, with a scale per row of each matrix: a state's rows differ in
   magnitude (a weight matrix's output rows), an update's AdamW-made values much less.
 - `topk`: the `topk-fraction` largest-magnitude values of the update per tensor: a bitmask of their positions in the
-  flattened tensor (1 bit a value of the tensor) and their int8 codes in position order, with one fp32 scale per
-  tensor: 1/8 + fraction bytes a value, 10.6x fewer than fp32 at fraction 0.25 (int32 indices and fp16 values, 6
-  bytes a kept value, reach 10x only below 0.067). What is not sent, the unkept values and the int8 rounding of the
-  kept ones, stays in the client's error-feedback residual and is added to its next update, so every coordinate's
-  mass is sent eventually (Stich et al., 2018; Karimireddy et al., 2019). The residual never leaves the client.
-  Uplink only: a client holds no earlier global state to apply a sparse downlink to.
+  flattened tensor (1 bit a value of the tensor) and their 4-bit codes in position order, two to a byte, with one
+  fp32 scale per tensor: 1/8 + fraction/2 bytes a value, 10.7x fewer than fp32 at fraction 0.5 (int8 codes reach 10x
+  only at fraction 0.25, int32 indices and fp16 values, 6 bytes a kept value, only below 0.067). What is not sent,
+  the unkept values and the 4-bit rounding of the kept ones, stays in the client's error-feedback residual and is
+  added to its next update, so every coordinate's mass is sent eventually (Stich et al., 2018; Karimireddy et al.,
+  2019). The residual never leaves the client. Uplink only: a client holds no earlier global state to apply a
+  sparse downlink to.
 
-The arrays of a tensor `k` are named `k` (the values or the int8 codes), `k#scale`, `k#mask`. `check_encoded` is the
-server's check of a reply's structure before anything is decoded: the array names, dtypes, shapes and byte sizes a
-codec allows for the state the client was sent; `decode_update` then reads the values back as a full fp32 state.
+The arrays of a tensor `k` are named `k` (the values, the int8 codes or the packed 4-bit codes), `k#scale`, `k#mask`.
+`check_encoded` is the server's check of a reply's structure before anything is decoded: the array names, dtypes,
+shapes and byte sizes a codec allows for the state the client was sent; `decode_update` then reads the values back as
+a full fp32 state.
 """
 
 from __future__ import annotations
@@ -42,13 +44,30 @@ def kept_values(size: int, fraction: float) -> int:
     return min(size, max(1, math.ceil(fraction * size)))
 
 
-def quantize_int8(values: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes, fp32 scales, one a row or one in all): values ~= codes * scale, symmetric, the largest magnitude
-    of a row at 127."""
+def quantize(values: torch.Tensor, per_row: bool, levels: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes in [-levels, levels], fp32 scales, one a row or one in all): values ~= codes * scale, symmetric,
+    the largest magnitude of a row at `levels` (127: int8; 7: the 4-bit codes of top-k)."""
     rows = values.reshape(rows_of(tuple(values.shape), per_row), -1).float()
-    scale = rows.abs().amax(dim=1) / 127
-    codes = torch.round(rows / torch.where(scale > 0, scale, 1)[:, None]).clamp_(-127, 127).to(torch.int8)
+    scale = rows.abs().amax(dim=1) / levels
+    codes = torch.round(rows / torch.where(scale > 0, scale, 1)[:, None]).clamp_(-levels, levels).to(torch.int8)
     return codes.reshape(values.shape), scale
+
+
+INT4_LEVELS = 7  # 4-bit codes -7..7, stored with an offset of 8 as one nibble each
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes in [-7, 7] as uint8, two to a byte (the first in the high nibble; an odd count pads the last low one)."""
+    nibbles = (codes.to(torch.int16) + 8).to(torch.uint8)
+    if nibbles.numel() % 2:
+        nibbles = torch.cat([nibbles, torch.full((1,), 8, dtype=torch.uint8)])
+    return nibbles[0::2] * 16 + nibbles[1::2]
+
+
+def unpack_int4(packed: np.ndarray, count: int) -> np.ndarray:
+    """The `count` codes `pack_int4` packed, as float32 in [-8, 7]."""
+    nibbles = np.stack([packed >> 4, packed & 15], axis=1).ravel()[:count]
+    return nibbles.astype(np.float32) - 8
 
 
 def dequantize_int8(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -63,7 +82,7 @@ def encode_state(state: dict[str, torch.Tensor], codec: str) -> ArrayRecord:
     if codec == "int8":
         arrays = {}
         for key, value in state.items():
-            codes, scale = quantize_int8(value.detach().cpu(), per_row=True)
+            codes, scale = quantize(value.detach().cpu(), per_row=True)
             arrays[key], arrays[key + SCALE] = codes.contiguous(), scale.contiguous()
         return ArrayRecord(arrays)
     wire = torch.float32 if codec == "fp32" else torch.float16
@@ -88,18 +107,18 @@ def encode_update(state: dict[str, torch.Tensor], received: dict[str, torch.Tens
     for key, value in state.items():
         update = value.detach().cpu().float() - received[key].cpu().float()
         if codec == "int8":
-            arrays[key], arrays[key + SCALE] = (t.contiguous() for t in quantize_int8(update, per_row=False))
+            arrays[key], arrays[key + SCALE] = (t.contiguous() for t in quantize(update, per_row=False))
             continue
         if residual is not None:
             update = update + residual[key]
         flat = update.flatten()
         index = flat.abs().topk(kept_values(flat.numel(), fraction), sorted=False).indices.sort().values
-        codes, scale = quantize_int8(flat[index], per_row=False)
+        codes, scale = quantize(flat[index], per_row=False, levels=INT4_LEVELS)
         unsent = flat.clone()
-        unsent[index] -= codes.float() * scale  # what int8 rounding lost of a sent value stays in the residual too
+        unsent[index] -= codes.float() * scale  # what 4-bit rounding lost of a sent value stays in the residual too
         chosen = np.zeros(flat.numel(), dtype=bool)
         chosen[index.numpy()] = True
-        arrays[key], arrays[key + SCALE] = codes.contiguous(), scale.contiguous()
+        arrays[key], arrays[key + SCALE] = pack_int4(codes), scale.contiguous()
         arrays[key + MASK] = torch.from_numpy(np.packbits(chosen))
         new_residual[key] = unsent.view_as(update)
     return ArrayRecord(arrays), (new_residual if codec == "topk" else None)
@@ -115,7 +134,8 @@ def expected_arrays(sent: dict[str, np.ndarray], codec: str, fraction: float) ->
             expected[key] = ("int8", reference.shape)
             expected[key + SCALE] = ("float32", (1,))
         else:
-            expected[key], expected[key + SCALE] = ("int8", (kept_values(reference.size, fraction),)), ("float32", (1,))
+            packed = math.ceil(kept_values(reference.size, fraction) / 2)
+            expected[key], expected[key + SCALE] = ("uint8", (packed,)), ("float32", (1,))
             expected[key + MASK] = ("uint8", (math.ceil(reference.size / 8),))
     return expected
 
@@ -139,8 +159,8 @@ def check_encoded(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str, 
     return None
 
 
-def decode_update(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str) -> tuple[dict[str, np.ndarray] | None,
-                                                                                        str | None]:
+def decode_update(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str,
+                  fraction: float) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """(the client's state as fp32 arrays, None) from a reply `check_encoded` accepted, or (None, why not): bytes
     that are not the arrays they declare, a top-k mask that marks other positions than values sent, non-finite
     values or scales."""
@@ -161,10 +181,11 @@ def decode_update(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str) 
                 if bits[reference.size:].any():
                     return None, f"{key}{MASK}: positions beyond the tensor's {reference.size} values"
                 chosen = bits[:reference.size].astype(bool)
-                if chosen.sum() != values.size:
-                    return None, f"{key}{MASK}: {chosen.sum()} positions for {values.size} values"
+                kept, expected = int(chosen.sum()), kept_values(reference.size, fraction)
+                if kept != expected:
+                    return None, f"{key}{MASK}: {kept} positions for {expected} values"
                 decoded = reference.copy().ravel()
-                decoded[chosen] += dequantize_int8(values, scale)
+                decoded[chosen] += unpack_int4(values, kept) * scale
                 decoded = decoded.reshape(reference.shape)
             if decoded.shape != reference.shape:
                 return None, f"{key}: its bytes hold {decoded.shape}, not {reference.shape}"
@@ -187,7 +208,7 @@ def update_problem(record: ArrayRecord, sent: dict[str, np.ndarray], codec: str,
     problem = check_encoded(record, sent, codec, fraction)
     if problem:
         return problem, None, None
-    state, problem = decode_update(record, sent, codec)
+    state, problem = decode_update(record, sent, codec, fraction)
     if problem:
         return problem, None, None
     squared = 0.0
