@@ -1,15 +1,21 @@
 """Motion worlds for the transfer benchmark, written by generators that share no code with the image model's
 pre-training data (`aim_core.data.procedural`) or with the demo's world (`aim_core.data.synthetic`).
 
-In every world the classes come in order-only groups: a clip of one class, played backwards, is a clip of the other
-class of its group, so a model that looks at frames one at a time and averages them cannot beat
-`groups / classes` (the frame-averaging bound). Clips are 64x64, 16 frames, H.264.
+In every world the classes differ only in the order of their frames: the frames of one class, shuffled, could be
+those of another, so a model that looks at frames one at a time and averages them cannot beat the world's
+frame-averaging bound (the share of classes it could still tell apart). Clips are 64x64, 16 frames, H.264.
 
 - `direction`: a glyph (an L, a T, a plus or a bar) crosses a plaid background: right / left and down / up.
 - `rotation`: a clock hand with a disc at its tip turns about a point near the centre over radial rings: one way /
   the other way.
 - `approach`: a ball rolls over a sky-and-ground scene towards the viewer (lower and larger) / away from it.
 - `speed`: a ring crosses a blotchy background in any direction, speeding up / slowing down.
+- `swap`: two discs over a checkerboard trade places, one over the other's head: trade (the upper one goes right),
+  the same played backwards (it goes left), trade and come back, and start traded, trade back and go again. All four
+  classes show the same positions, so the bound is 25%.
+
+In the first four worlds a class's clips are the clips of the other class of its pair played backwards, so the bound
+is 50%.
 
     python benchmarks/motion_worlds.py OUT [--worlds direction rotation] [--train 160 --val 64]
 
@@ -137,6 +143,38 @@ def approach_clip(rng, label):
     return frames
 
 
+# ---------------------------------------------------------------------------------------------- swap
+def checkerboard(rng, y, x):
+    a = random_colour(rng, 40, 215)
+    b = np.clip(a + rng.uniform(-70, 70, 3), 0, 255)
+    cells, angle = rng.integers(3, 9), rng.uniform(0, np.pi)
+    u, v = np.cos(angle) * x + np.sin(angle) * y, -np.sin(angle) * x + np.cos(angle) * y
+    squares = (np.floor(u * cells) + np.floor(v * cells)) % 2
+    return a + squares[..., None] * (b - a) + rng.normal(0, 10, (SIZE, SIZE, 3))
+
+
+# class -> the order in which a clip shows the FRAMES evenly spaced stages of the trade (0: not traded, FRAMES - 1:
+# traded): every class shows each stage once
+_THERE_AND_BACK = np.r_[np.arange(0, FRAMES, 2), np.arange(FRAMES - 1, 0, -2)]
+SWAP_ORDERS = {0: np.arange(FRAMES), 1: np.arange(FRAMES)[::-1], 2: _THERE_AND_BACK, 3: FRAMES - 1 - _THERE_AND_BACK}
+
+
+def swap_clip(rng, label):
+    y, x = grid()
+    back = checkerboard(rng, y, x)
+    upper, lower = random_colour(rng), random_colour(rng)
+    r, row = rng.uniform(0.07, 0.1), rng.uniform(0.4, 0.6)
+    left, right = rng.uniform(0.15, 0.3), rng.uniform(0.7, 0.85)
+    frames = []
+    for s in SWAP_ORDERS[label] / (FRAMES - 1):
+        canvas = back.copy()
+        lift = 0.25 * np.sin(np.pi * s)  # the upper disc passes over the other's head, the lower one under it
+        paint(canvas, np.hypot(y - (row - lift), x - (left + (right - left) * s)) < r, upper)
+        paint(canvas, np.hypot(y - (row + lift), x - (right - (right - left) * s)) < r, lower)
+        frames.append(canvas)
+    return frames
+
+
 # ---------------------------------------------------------------------------------------------- speed
 def blotches(rng, y, x):
     canvas = np.broadcast_to(random_colour(rng, 30, 200), (SIZE, SIZE, 3)).copy()
@@ -162,18 +200,23 @@ def speed_clip(rng, label):
     return frames
 
 
+def played_backwards(make):
+    """A clip maker for classes in pairs from one that makes the first class of each pair: the second class of a pair
+    is the same draw played backwards."""
+    def make_pair(rng, label):
+        frames = make(rng, label - label % 2)
+        return frames[::-1] if label % 2 else frames
+    return make_pair
+
+
 WORLDS = {
-    # name: (clip maker, class names in pairs: (a class, the class that is its reverse))
-    "direction": (direction_clip, ["right", "left", "down", "up"]),
-    "rotation": (rotation_clip, ["turn_one_way", "turn_the_other_way"]),
-    "approach": (approach_clip, ["approach", "recede"]),
-    "speed": (speed_clip, ["speed_up", "slow_down"]),
+    # name: (clip maker (rng, label) -> frames, class names, frame-averaging bound)
+    "direction": (played_backwards(direction_clip), ["right", "left", "down", "up"], 0.5),
+    "rotation": (played_backwards(rotation_clip), ["turn_one_way", "turn_the_other_way"], 0.5),
+    "approach": (played_backwards(approach_clip), ["approach", "recede"], 0.5),
+    "speed": (played_backwards(speed_clip), ["speed_up", "slow_down"], 0.5),
+    "swap": (swap_clip, ["trade", "trade_backwards", "trade_and_return", "start_traded_and_return"], 0.25),
 }
-
-
-def frame_averaging_bound(classes: list[str]) -> float:
-    """Classes come in reverse pairs: the best an order-blind model can do is tell the pairs apart."""
-    return (len(classes) // 2) / len(classes)
 
 
 def write_h264(path: str, frames: list[np.ndarray]) -> None:
@@ -190,17 +233,14 @@ def write_h264(path: str, frames: list[np.ndarray]) -> None:
 
 
 def make_world(out: str, world: str, train: int, val: int, seed: int) -> dict:
-    make, classes = WORLDS[world]
+    make, classes, bound = WORLDS[world]
     for split, count, split_seed in (("train", train, 0), ("val", val, 1)):
         rng = np.random.default_rng([seed, split_seed, sorted(WORLDS).index(world)])
         labels = np.resize(np.arange(len(classes)), count)
         rng.shuffle(labels)
         lines = []
         for i, label in enumerate(labels):
-            # a class's clips are made by the generator of the even class of its pair, then played backwards
-            frames = make(rng, int(label) - int(label) % 2)
-            if label % 2:
-                frames = frames[::-1]
+            frames = make(rng, int(label))
             name = f"clips/{split}/{i:04d}.mp4"
             write_h264(os.path.join(out, name), frames)
             lines.append(f"{name} {int(label)}\n")
@@ -209,7 +249,7 @@ def make_world(out: str, world: str, train: int, val: int, seed: int) -> dict:
     with open(os.path.join(out, "classes.txt"), "w") as f:
         f.write("\n".join(classes) + "\n")
     card = {"world": world, "classes": classes, "train_clips": train, "val_clips": val, "size": SIZE,
-            "frames": FRAMES, "seed": seed, "frame_averaging_bound": frame_averaging_bound(classes)}
+            "frames": FRAMES, "seed": seed, "frame_averaging_bound": bound}
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump(card, f, indent=2)
     return card
