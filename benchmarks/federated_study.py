@@ -8,7 +8,7 @@ per round and against the cumulative bytes of both directions. Runs:
 - `grid`: splits (IID, Dirichlet 0.5, pathological 3 classes a client) x strategies (FedAvg, FedProx, FedAdam) at the
   demo's recipe (`demo.rounds` rounds of `demo.local_epochs` local epochs), or at the keys given with `--set`;
 - `recipe`: on the Dirichlet split, local epochs per round (1, 2, 3, 5) at the same rounds, and whether a client
-  keeps its AdamW moments between rounds;
+  keeps its AdamW moments between rounds (the demo's strategy and client optimiser otherwise);
 - `codecs`: on the Dirichlet split with the default recipe: fp32, fp16, int8 (both directions) and top-k (the run
   config's topk-fraction) with error feedback.
 
@@ -46,7 +46,8 @@ def runs_of(parts: list[str], defaults: dict, warmup_epochs: int, splits=tuple(S
         for local in (1, 2, 3, 5):
             runs.append((f"dirichlet0.5/local{local}", "dirichlet0.5",
                          {"local-epochs": local, "warmup-rounds": math.ceil(warmup_epochs / local)}))
-        runs.append(("dirichlet0.5/kept-moments", "dirichlet0.5", {"client-optimizer": "kept"}))
+        runs += [(f"dirichlet0.5/{kept}-moments", "dirichlet0.5", {"client-optimizer": kept})
+                 for kept in ("fresh", "kept")]
     if "codecs" in parts:
         runs += [(f"dirichlet0.5/{codec}", "dirichlet0.5", {"update-codec": codec, "downlink-codec": down})
                  for codec, down in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8"), ("topk", "fp16"))]
@@ -86,6 +87,7 @@ def main() -> None:
     defaults = federated_run_config(cfg, args.config, (), **{
         "num-server-rounds": cfg.demo.rounds, "local-epochs": cfg.demo.local_epochs,
         "warmup-rounds": math.ceil(cfg.schedule.warmup_epochs / cfg.demo.local_epochs),
+        "strategy": cfg.demo.strategy, "client-optimizer": cfg.demo.client_optimizer,
         "min-nodes": args.clients, "central-eval-every": 1, "overwrite": True, **fixed})
     rows = []
     for name, split, keys in runs_of(args.parts, defaults, cfg.schedule.warmup_epochs, args.splits):
