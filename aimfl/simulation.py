@@ -52,6 +52,8 @@ def run_simulation(run_config: dict, num_supernodes: int, log_path: str, client_
     env = program_env(FLWR_HOME=flwr_home,
                       # the app runs in this environment: no per-run `uv sync` (slow, and needs the network)
                       FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                      # every client's line in the log, not Ray's "[repeated 3x across cluster]" and a notice
+                      RAY_DEDUP_LOGS="0",
                       FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                       FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
     federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus} "
