@@ -4,8 +4,9 @@ No model hub is reachable on the machines this project is built and tested on, y
 frozen image model. `aimfl pretrain-image` makes one, honestly labelled as such: a timm ViT trained for a few
 CPU-minutes on `aim_core.data.procedural` images (six kinds of background, up to four occluding objects of ten
 shapes), to read off what a still image shows. Its [class] token learns how many objects there are, the background
-kind and the largest object's shape, hue, position, size and orientation; each patch token learns the shape and hue
-of what covers it. With `image_pretrain.mask_ratio > 0`, that fraction of the patches is hidden (set to the mean
+kind, which shapes, hues and cells of a 4x4 grid are present, and the geometry of the figure (the union of the
+visible objects: centroid, size, spread, angular moments); each patch token learns the shape and hue of what covers
+its centre, where that object's centre lies, and which of its pixels belong to an object. With `image_pretrain.mask_ratio > 0`, that fraction of the patches is hidden (set to the mean
 colour) and their tokens also learn to restore the hidden pixels. No label is about motion: AIM learns time itself.
 
 The weights are saved with `torch.save(model.state_dict())`, timm's own checkpoint format, and the configs load them
