@@ -6,8 +6,9 @@ CPU-minutes on `aim_core.data.procedural` images (six kinds of background, up to
 shapes), to read off what a still image shows. Its [class] token learns how many objects there are, the background
 kind, which shapes, hues and cells of a 4x4 grid are present, and the geometry of the figure (the union of the
 visible objects: centroid, size, spread, angular moments); each patch token learns the shape and hue of what covers
-its centre, where that object's centre lies, and which of its pixels belong to an object. With `image_pretrain.mask_ratio > 0`, that fraction of the patches is hidden (set to the mean
-colour) and their tokens also learn to restore the hidden pixels. No label is about motion: AIM learns time itself.
+its centre, where that object's centre lies, and which of its pixels belong to an object. With
+`image_pretrain.mask_ratio > 0`, that fraction of the patches is hidden (set to the mean colour) and their tokens
+also learn to restore the hidden pixels. No label is about motion: AIM learns time itself.
 
 The weights are saved with `torch.save(model.state_dict())`, timm's own checkpoint format, and the configs load them
 through `model.backbone.checkpoint` exactly like any other pre-trained timm ViT. A JSON card beside the file records
