@@ -11,8 +11,8 @@ The bound on an update's L2 norm follows from AdamW: one update moves a paramete
 at most lr (1 - beta1) / sqrt(1 - beta2) = 3.16 lr with the betas used here (Kingma & Ba, 2015, section 2.1), plus
 lr x weight decay x |w|, where a parameter's lr is the run's times its group's scale (`schedule.backbone_lr_mult`,
 `schedule.temporal_lr_mult`). Over the k updates of a round, an honest update therefore stays below
-k x lr x (3.16 sqrt(sum of scale^2 x parameters) + weight decay x ||w||) (`unit_step_norm`); `update-norm-factor`
-(3.2) is the first constant. Measured on the
+k x lr x (3.16 sqrt(sum of scale^2 x parameters) + largest scale x weight decay x ||w||) (`adamw_step_scales`);
+`update-norm-factor` (3.2) is the first constant. Measured on the
 demo's federated run (4 clients, 12 rounds, lr 1e-2, 1 to 5 updates per round): honest updates reached 0.002 to 0.31
 of their bound, the highest being a single update at the peak lr, where Adam's first step moves every parameter by
 exactly lr (a norm of lr sqrt(P), 1/3.2 of the bound). Each client's `update-norm` and `norm-bound` are in the
@@ -33,8 +33,9 @@ from aim_core.federated.settings import FederatedSettings
 class ClientSizes:
     """The videos of every client the server knows, by partition (simulation) or by node id (deployment)."""
 
-    def __init__(self, settings: FederatedSettings, cfg, unit_step_norm: float):
-        self.settings, self.cfg, self.unit_step_norm = settings, cfg, unit_step_norm
+    def __init__(self, settings: FederatedSettings, cfg, step_scales: tuple[float, float]):
+        self.settings, self.cfg = settings, cfg
+        self.unit_step, self.decay_scale = step_scales  # aim_core.engine.step.adamw_step_scales
         self.by_node = bool(settings.site_sizes)
         self.videos = self._read_site_sizes() if self.by_node else self._read_partitions()
 
@@ -81,9 +82,6 @@ class ClientSizes:
 
     def max_update_norm(self, key: int, global_norm: float) -> float:
         """The bound on the L2 norm of this client's update in one round (see the module docstring)."""
-        sched = self.cfg.schedule
         updates = local_updates(self.train_videos(key), self.cfg, self.settings.local_epochs)
-        largest_scale = max(1.0, sched.backbone_lr_mult, sched.backbone_lr_mult * sched.temporal_lr_mult)
-        per_update = (self.settings.update_norm_factor * self.unit_step_norm
-                      + largest_scale * sched.weight_decay * global_norm)
+        per_update = self.settings.update_norm_factor * self.unit_step + self.decay_scale * global_norm
         return updates * self.settings.lr * per_update

@@ -21,7 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from aim_core.config import ConfigError
-from aim_core.engine.step import unit_step_norm
+from aim_core.engine.step import adamw_step_scales
 from aim_core.federated.settings import FederatedSettings, experiment_config, relative_paths
 from server.client_sizes import ClientSizes
 from server.run_state import FederatedRun
@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
                           "paths (aimfl simulate makes them absolute for you)")
     run = FederatedRun(settings)
     strategy = build_strategy(settings, run.strategy_state)
-    sizes = ClientSizes(settings, run.cfg, unit_step_norm(run.model, run.cfg.schedule))
+    sizes = ClientSizes(settings, run.cfg, adamw_step_scales(run.model, run.cfg.schedule))
     if not sizes.by_node and len(nodes := list(grid.get_node_ids())) > len(sizes.videos):
         # a simulation: every SuperNode trains the partition of its partition-id, and the extra ones have none
         raise ConfigError(f"{len(nodes)} SuperNodes, but partition-dir={settings.partition_dir} holds "

@@ -104,7 +104,8 @@ def rounds(tiny_cfg, tmp_path, state, monkeypatch):
         "local-val-fraction": 0.0, "client-eval-every": 0, "batch-size": 2, "lr": 1e-3})
     cfg = experiment_config(settings)
     params = sum(v.numel() for v in state.values())  # every lr scale 1 in tiny_clip: the unit step's norm is sqrt(P)
-    return ValidatedRounds(build_strategy(settings), settings, ClientSizes(settings, cfg, params ** 0.5))
+    sizes = ClientSizes(settings, cfg, (params ** 0.5, cfg.schedule.weight_decay))
+    return ValidatedRounds(build_strategy(settings), settings, sizes)
 
 
 def train_replies(state, clients):
@@ -179,18 +180,22 @@ def test_the_update_bound_follows_the_clients_adamw_updates(rounds, state):
 
 def test_the_unit_step_counts_each_parameter_at_its_groups_lr(tiny_cfg):
     """A temporal embedding trained at 10x the lr may move 10x as far an update: the bound counts it 100x in the
-    squared norm, so an honest client of a run with `schedule.temporal_lr_mult` is not rejected."""
-    from aim_core.engine.step import unit_step_norm
+    squared norm, so an honest client of a run with `schedule.temporal_lr_mult` is not rejected. It has no weight
+    decay, so the decay term stays at the decayed groups' largest lr scale."""
+    from aim_core.engine.step import adamw_step_scales
     from aimfl import build_model
 
-    cfg = tiny_cfg("tiny_synthetic")
+    cfg = tiny_cfg("tiny_synthetic", "schedule.backbone_lr_mult=0.5")
     model = build_model(cfg)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    cfg.schedule.temporal_lr_mult = 1
-    assert unit_step_norm(model, cfg.schedule) == pytest.approx(params ** 0.5)
-    cfg.schedule.temporal_lr_mult = 10
+    params = dict((n, p.numel()) for n, p in model.named_parameters() if p.requires_grad)
+    head = sum(v for n, v in params.items() if n.startswith("head."))
     temporal = model.temporal_embedding.weight.numel()
-    assert unit_step_norm(model, cfg.schedule) == pytest.approx((params + 99 * temporal) ** 0.5)
+    rest = sum(params.values()) - head - temporal
+    wd = cfg.schedule.weight_decay
+    cfg.schedule.temporal_lr_mult = 1
+    assert adamw_step_scales(model, cfg.schedule) == pytest.approx(((head + 0.25 * (rest + temporal)) ** 0.5, wd))
+    cfg.schedule.temporal_lr_mult = 10
+    assert adamw_step_scales(model, cfg.schedule) == pytest.approx(((head + 0.25 * rest + 25 * temporal) ** 0.5, wd))
 
 
 def test_a_superlink_reply_for_a_lost_node_does_not_count_as_that_node_replying():

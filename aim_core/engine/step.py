@@ -52,12 +52,14 @@ def parameter_groups(model: nn.Module, schedule) -> list[dict]:
     return [{"params": p, "weight_decay": wd, "lr_scale": scale} for (wd, scale), p in groups.items()]
 
 
-def unit_step_norm(model: nn.Module, schedule) -> float:
-    """The L2 norm of a step that moves every trainable parameter by its group's lr scale: sqrt(sum of scale^2 x
-    parameters). AdamW moves a parameter by at most about 3.16 x its lr an update, so a federated server bounds an
-    honest update by it (server/client_sizes.py)."""
-    return sum(group["lr_scale"] ** 2 * sum(p.numel() for p in group["params"])
-               for group in parameter_groups(model, schedule)) ** 0.5
+def adamw_step_scales(model: nn.Module, schedule) -> tuple[float, float]:
+    """(unit step, decay scale) of an AdamW update at lr 1, from the parameter groups: the L2 norm of a step that
+    moves every trainable parameter by its group's lr scale, sqrt(sum of scale^2 x parameters), and the largest
+    lr scale x weight decay of a group. AdamW moves a parameter by at most about 3.16 x its lr an update, plus its
+    decay, so a federated server bounds an honest update by them (server/client_sizes.py)."""
+    groups = parameter_groups(model, schedule)
+    unit = sum(g["lr_scale"] ** 2 * sum(p.numel() for p in g["params"]) for g in groups) ** 0.5
+    return unit, max(g["lr_scale"] * g["weight_decay"] for g in groups)
 
 
 def build_optimizer(model: nn.Module, schedule) -> torch.optim.AdamW:
