@@ -83,7 +83,7 @@ def main() -> None:
           f"per world (making its clips and the trainings): {per_world}")
     report = {"config": args.config, "overrides": args.overrides, "train_clips": args.train, "val_clips": args.val,
               "pretrain_image_seconds": round(pretrain_seconds, 1), "worlds": worlds, "rows": rows, "markdown": table,
-              "total_seconds": round(pretrain_seconds + sum(r["wall_seconds"] for r in rows), 1)}
+              "total_seconds": round(pretrain_seconds + sum(w["seconds"] for w in worlds.values()), 1)}
     os.makedirs(args.out, exist_ok=True)
     for folder in [args.out] + ([RESULTS] if args.save else []):
         with open(os.path.join(folder, "transfer.json"), "w") as f:
