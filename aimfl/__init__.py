@@ -47,8 +47,9 @@ __all__ = ["Trainer", "build_model", "build_trainer", "evaluate", "load_adapters
 
 
 def build_model(cfg) -> nn.Module:
-    """The AIM video model of a full config, with only its trainable set requiring gradients."""
-    return factory.build_model(cfg.model)
+    """The AIM video model of a full config, with only its trainable set requiring gradients; its random weights are
+    drawn from `cfg.seed`, as in training."""
+    return factory.build_model(cfg.model, seed=cfg.seed)
 
 
 def save_adapters(model: nn.Module, path: str, cfg, **metadata: str) -> None:

@@ -95,9 +95,8 @@ class CentralizedTraining:
             raise ConfigError(f"schedule.batch_size={sched.batch_size} is not divisible by {self.world} processes x "
                               f"{sched.accumulation_steps} accumulation steps")
         check_mixup_batch(sched, per_process)
-        torch.manual_seed(cfg.seed)  # the initialisation (adapters, head), the same in federated runs
         # every input is checked before anything is written: the backbone weights, both lists, the output folder
-        self.model = build_model(cfg.model).to(self.device)
+        self.model = build_model(cfg.model, seed=cfg.seed).to(self.device)
         train_set = build_dataset(cfg, "train")
         self.train_loader, _ = make_loader(train_set, per_process, True, self.rank, self.world, cfg.seed,
                                            cfg.data.num_workers)
@@ -190,7 +189,8 @@ class CentralizedTraining:
         cfg, last_eval = self.cfg, self.last_eval
         digests = trainable_digests(unwrap(self.model), self.world)
         final = {
-            "val_top1": last_eval["top1"], "val_top5": last_eval["top5"], "best_val_top1": self.best_top1,
+            "val_top1": last_eval["top1"], "val_top5": last_eval["top5"], "val_loss": last_eval["loss"],
+            "best_val_top1": self.best_top1,
             **({"val_order_top1": last_eval["order_top1"], "val_appearance_top1": last_eval["appearance_top1"]}
                if "order_top1" in last_eval else {}),
             **count_parameters(unwrap(self.model)), "epochs": cfg.schedule.epochs,

@@ -54,8 +54,7 @@ def model_with(cfg, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     key = json.dumps(to_dict(cfg.model), sort_keys=True)
     if key not in _models:
         _models.clear()  # one backbone in memory at a time
-        torch.manual_seed(cfg.seed)  # the server's initialisation: random backbones (tests) match too
-        _models[key] = build_model(cfg.model).to(default_device())
+        _models[key] = build_model(cfg.model, seed=cfg.seed).to(default_device())
     model = _models[key]
     load_trainable_state(model, {k: v.to(default_device()) for k, v in state.items()}, source="the server's message")
     return model

@@ -20,7 +20,6 @@ import os
 import time
 from logging import INFO, WARNING
 
-import torch
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
 
@@ -52,8 +51,7 @@ class FederatedRun:
         self.out = os.path.abspath(settings.out_dir)
         self.ckpt_path = os.path.join(self.out, "checkpoints", "last.pt")
         self.device = default_device()
-        torch.manual_seed(self.cfg.seed)  # the same initial adapters and head as `aimfl train`
-        self.model = build_model(self.cfg.model).to(self.device)
+        self.model = build_model(self.cfg.model, seed=self.cfg.seed).to(self.device)
         self.counts = count_parameters(self.model)
         data = self.cfg.data
         self.val_records = read_annotations(data.val_list, data.list_format, data.class_names,
