@@ -62,10 +62,15 @@ def partitions(synthetic_world, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synthetic_world, partitions, tmp_path):
+def test_three_clients_two_rounds_with_server_side_dp_write_checkpoint_metrics_privacy_and_exact_bytes(
+        synthetic_world, partitions, tmp_path):
+    """One run for all of these (each `flwr run` simulation costs about 45 s on 2 cores). No warm-up round: DP
+    clipping refuses the all-zero update of a round at lr 0."""
     out = tmp_path / "run"
-    config = run_config(synthetic_world, partitions / "iid3", out, 3, update_codec="fp16")
+    config = run_config(synthetic_world, partitions / "iid3", out, 3, update_codec="fp16", dp_noise_multiplier=1.0,
+                        dp_clipping_norm=0.5, weighting="uniform", warmup_rounds=0)
     log = flwr_run(config, 3, tmp_path / "flwr.log")
+    assert "parameters are clipped" in log
 
     rounds = history(out)
     assert [r["round"] for r in rounds] == [1, 2]
@@ -80,6 +85,7 @@ def test_three_clients_two_rounds_write_checkpoint_metrics_and_exact_bytes(synth
         assert 0 <= record["central"]["top1"] <= 1 and record["client_eval"]["clients"] == 3
     final = json.loads((out / "final.json").read_text())
     assert final["bytes_per_update"] == trainable * 2 and final["rounds_done"] == 2
+    assert final["privacy"]["epsilon"] > 0 and final["privacy"]["delta"] == pytest.approx(1e-5)
     assert final["full_model_bytes"] == count_parameters(model)["total_params"] * 4  # the whole model in fp32
     assert final["bytes_total"] == sum(r["bytes_sent"] + r["bytes_received"] for r in rounds)
     checkpoint = load_training_state(out / "checkpoints" / "last.pt")
@@ -246,14 +252,3 @@ def test_fedadam_stopped_after_round_one_and_resumed_equals_an_uninterrupted_run
     for moment in ("m_t", "v_t"):
         for key, value in full["strategy_state"][moment].items():
             np.testing.assert_allclose(split["strategy_state"][moment][key], value, rtol=1e-4, atol=1e-9)
-
-
-@pytest.mark.slow
-def test_server_side_dp_reports_the_privacy_spent(synthetic_world, partitions, tmp_path):
-    out = tmp_path / "run"
-    config = run_config(synthetic_world, partitions / "iid2", out, 2, num_server_rounds=1, dp_noise_multiplier=1.0,
-                        dp_clipping_norm=0.5, weighting="uniform", client_eval_every=0, warmup_rounds=0)
-    log = flwr_run(config, 2, tmp_path / "flwr.log")
-    final = json.loads((out / "final.json").read_text())
-    assert final["privacy"]["epsilon"] > 0 and final["privacy"]["delta"] == pytest.approx(1e-5)
-    assert "parameters are clipped" in log
