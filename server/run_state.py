@@ -43,6 +43,7 @@ class FederatedRun:
 
     A fresh run starts from the same initial adapters and head as `aimfl train` with the same seed; with
     `resume=true` it starts from `checkpoints/last.pt` and `strategy_state` holds what the strategy carried.
+    Construction builds the model and reads the val list; `open()` takes the run folder.
     """
 
     def __init__(self, settings: FederatedSettings):
@@ -62,6 +63,11 @@ class FederatedRun:
         self.history: list[dict] = []
         self.best_top1 = -1.0
         self.strategy_state: dict = {}
+
+    def open(self) -> None:
+        """Takes the run folder (refused if it holds another run, unless resuming or overwriting) and restores the
+        last checkpoint when resuming; nothing is written before this, so a run refused earlier leaves no trace."""
+        settings = self.settings
         self.run_dir = open_run_dir(self.out, resume=settings.resume, overwrite=settings.overwrite, key="out-dir")
         if settings.resume and os.path.isfile(self.ckpt_path):
             self._restore()

@@ -38,12 +38,13 @@ def main(grid: Grid, context: Context) -> None:
                           f"{os.getcwd()} (where the SuperLink started), not where flwr run was typed: give absolute "
                           "paths (aimfl simulate makes them absolute for you)")
     run = FederatedRun(settings)
-    strategy = build_strategy(settings, run.strategy_state)
     sizes = ClientSizes(settings, run.cfg, adamw_step_scales(run.model, run.cfg.schedule))
     if not sizes.by_node and len(nodes := list(grid.get_node_ids())) > len(sizes.videos):
         # a simulation: every SuperNode trains the partition of its partition-id, and the extra ones have none
         raise ConfigError(f"{len(nodes)} SuperNodes, but partition-dir={settings.partition_dir} holds "
                           f"{len(sizes.videos)} partitions (client_XXX.txt): run at most {len(sizes.videos)}")
+    run.open()
+    strategy = build_strategy(settings, run.strategy_state)
     rounds = ValidatedRounds(strategy, settings, sizes)
     arrays = run.global_arrays()
     log(INFO, "%s: rounds %d..%d of %d, %s trainable of %s parameters, %.2f MB per update (%s)",

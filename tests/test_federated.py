@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from helpers import TINY, aimfl, tiny_overrides
 from safetensors.torch import load_file
 
-from aim_core.config import load_config
+from aim_core.config import ConfigError, load_config
 from aim_core.data.annotations import read_annotations
 from aim_core.data.partition import write_partitions
 from aim_core.engine.checkpoint import load_training_state
@@ -23,6 +23,7 @@ from aim_core.federated.settings import APP_ROOT, FederatedSettings, default_run
 from aim_core.model.factory import build_model
 from aim_core.model.trainable import count_parameters, trainable_names, trainable_state
 from aimfl.simulation import run_simulation
+from server.server_app import main as server_main
 
 # dropout and drop path on: federated clients must draw the same masks as centralized training
 RANDOM_LAYERS = ("model.head_dropout=0.5", "model.drop_path_rate=0.1")
@@ -199,12 +200,26 @@ def test_without_a_val_list_rounds_are_checkpointed_and_a_failing_serverapp_fail
     assert code == 1, (tmp_path / "broken.log").read_text()[-2000:]
     assert "relative paths in the run config: out-dir=relative-run" in (tmp_path / "broken.log").read_text()
 
-    # a plain `flwr run` with more SuperNodes than partitions: refused before round 1, in one line
-    extra = run_config(synthetic_world, partitions / "iid2", tmp_path / "extra", 2, num_server_rounds=1)
-    code = run_simulation(extra, 3, str(tmp_path / "extra.log"), echo=lambda line: None, timeout=400)
-    log = (tmp_path / "extra.log").read_text()
-    assert code == 1 and "3 SuperNodes, but partition-dir=" in log and "holds 2 partitions" in log
-    assert "[ROUND 1" not in log
+
+
+def test_the_serverapp_refuses_more_supernodes_than_partitions_before_round_one(synthetic_world, partitions,
+                                                                              tmp_path):
+    """A plain `flwr run` of a simulation with an extra SuperNode: that node would have no partition to train. The
+    ServerApp itself is called here, with a Grid that reports 3 nodes; a refusal travelling through `flwr run` is
+    covered by the relative-path run above."""
+    class ThreeNodes:
+        def get_node_ids(self):
+            return [11, 12, 13]
+
+        def __getattr__(self, name):
+            raise AssertionError(f"the ServerApp used the Grid ({name}) before refusing")
+
+    config = {**default_run_config(),
+              **run_config(synthetic_world, partitions / "iid2", tmp_path / "extra", 2, num_server_rounds=1)}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    with pytest.raises(ConfigError, match="3 SuperNodes, but partition-dir=.* holds 2 partitions"):
+        server_main(ThreeNodes(), context)
+    assert not (tmp_path / "extra" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
