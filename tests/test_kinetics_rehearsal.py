@@ -115,9 +115,16 @@ def test_deployment_kinetics_example_through_local_federation(kinetics, tmp_path
     """docs/deployment.md's Kinetics run on 3 TLS, authenticated SuperNodes, with its config at rehearsal size
     (configs/k400_rehearsal.yaml: a site takes a config name, no shapes, from the run); the tiny random backbone is
     written once and staged on every site."""
+    with open(kinetics / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    one_per_class = tmp_path / "train_one_per_class.csv"  # every class must appear; half the clips to train
+    with open(one_per_class, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({row["label"]: row for row in rows}.values())
     out = tmp_path / "local"
     result = aimfl("local-federation", "k400_rehearsal", "--out", str(out),
-                   f"data.train_root={kinetics}/train", f"data.train_list={kinetics}/train.csv",
+                   f"data.train_root={kinetics}/train", f"data.train_list={one_per_class}",
                    f"data.val_root={kinetics}/val", f"data.val_list={kinetics}/val.csv", "local_federation.scheme=iid",
                    "local_federation.rounds=1", "schedule.batch_size=8", "data.test_clips=1", check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -130,7 +137,7 @@ def test_deployment_kinetics_example_through_local_federation(kinetics, tmp_path
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "final.safetensors").is_file()
     staged = [out / "sites" / f"site{i}" / "backbone.pth" for i in range(3)]
     assert all(path.read_bytes() == (out / "backbone.pth").read_bytes() for path in staged)
-    assert sum(len((out / "sites" / f"site{i}" / "train.txt").read_text().splitlines()) for i in range(3)) == 800
+    assert sum(len((out / "sites" / f"site{i}" / "train.txt").read_text().splitlines()) for i in range(3)) == 400
 
 
 def test_local_federation_takes_no_synthetic_folder_for_another_world(capsys, tmp_path):
