@@ -95,12 +95,13 @@ def label_loss(*outputs_and_labels) -> torch.Tensor:
 
 
 def label_accuracy(*outputs_and_labels) -> dict[str, float]:
-    """Accuracy of every label (of every flag, for flags; on the patches an object covers, for patch labels), and
-    beside it the accuracy of always guessing the most frequent answer (`<name>_chance`)."""
+    """Accuracy of every label (of every flag, for flags; for patch labels, on the patches an object covers, which
+    object answer the head ranks first, since background patches outnumber them and the background answer would win
+    almost everywhere), and beside it the accuracy of always guessing the most frequent answer (`<name>_chance`)."""
     accuracy = {}
     for name, kind, part, target in read_outs(*outputs_and_labels):
         if kind == "patch":
-            part, target = part[target > 0], target[target > 0]
+            part, target = part[target > 0, 1:], target[target > 0] - 1
         if kind != "flags":
             accuracy[name] = (part.argmax(-1) == target).float().mean().item()
             accuracy[f"{name}_chance"] = target.bincount().max().item() / len(target)
