@@ -7,9 +7,9 @@ the trainable count and the wall time. With an empty cache the image model's pre
 runs first, and its time is reported too.
 
 A world's three trainings run `--jobs` at a time (default 2), each on cores/jobs threads: this small model keeps one
-core busier than two (measured on 2 cores, `direction`: 253 s for the world with AIM beside space-only then
-+temporal, 1 thread each, against 320 s one after the other on 2 threads, with the same top-1). AIM, the longest,
-starts first. Each run's console output goes to `train.log` in its run folder.
+core busier than two (measured on 2 cores from an empty cache: 255-280 s a world with AIM beside space-only, then
++temporal, one thread each, against 320-367 s one after the other on 2 threads). AIM, the longest, starts first.
+Each run's console output goes to `train.log` in its run folder.
 
     python benchmarks/transfer.py [--out outputs/transfer] [--worlds direction rotation] [--jobs 2] [--set k=v ...]
 
