@@ -93,7 +93,7 @@ def test_federated_k400_recipe_100_clients_pathological_split(kinetics, tmp_path
                    capture_output=True)
     summary = json.loads((splits / "pathological_100x8" / "summary.json").read_text())
     assert summary["clients"] == 100
-    env = {**os.environ, "ROUNDS": "2", "WARMUP_ROUNDS": "0", "CLIENT_GPUS": "0", "CLIENT_CPUS": "1",
+    env = {**os.environ, "ROUNDS": "1", "WARMUP_ROUNDS": "0", "CLIENT_GPUS": "0", "CLIENT_CPUS": "1",
            "CONFIG": "k400_rehearsal"}
     out = tmp_path / "runs"
     result = subprocess.run(["bash", os.path.join(APP_ROOT, "simulations", "kinetics400_federated.sh"), str(splits),
@@ -103,8 +103,8 @@ def test_federated_k400_recipe_100_clients_pathological_split(kinetics, tmp_path
     assert result.returncode == 0, result.stderr[-2000:] + log_path.read_text()[-3000:]
     run = out / "pathological_100x8"
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert all(r["accepted_updates"] == 10 for r in rounds)  # fraction-train 0.1 of 100
+    assert [r["round"] for r in rounds] == [1]  # rounds after the first: tests/test_federated.py
+    assert rounds[0]["accepted_updates"] == 10  # fraction-train 0.1 of 100
     assert rounds[-1]["central"]["skipped"] == 0 and 0 <= rounds[-1]["central"]["top1"] <= 1
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "final.safetensors").is_file()
 
