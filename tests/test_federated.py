@@ -201,7 +201,6 @@ def test_without_a_val_list_rounds_are_checkpointed_and_a_failing_serverapp_fail
     assert "relative paths in the run config: out-dir=relative-run" in (tmp_path / "broken.log").read_text()
 
 
-
 def test_the_serverapp_refuses_more_supernodes_than_partitions_before_round_one(synthetic_world, partitions,
                                                                               tmp_path):
     """A plain `flwr run` of a simulation with an extra SuperNode: that node would have no partition to train. The
