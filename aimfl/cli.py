@@ -139,6 +139,8 @@ def cmd_pretrain_image(args: argparse.Namespace) -> None:
     from aimfl.pretrain_image import ensure_image_model
 
     cfg = load_config(args.config, args.overrides)
+    if not (args.out or cfg.model.backbone.checkpoint):
+        raise ConfigError(f"model.backbone.checkpoint is not set in {args.config}: give --out, the file to write")
     out = args.out or os.path.expanduser(cfg.model.backbone.checkpoint)
     card, trained = ensure_image_model(cfg, out, force=args.force)
     if not trained:

@@ -119,22 +119,36 @@ def recipe_of(cfg) -> dict:
             **{key: cfg.image_pretrain[key] for key in cfg.image_pretrain}}
 
 
+def card_path(out: str) -> str:
+    """The JSON card saved beside an embedded image model's weights file."""
+    return os.path.splitext(out)[0] + ".json"
+
+
+def is_foreign_weights(out: str) -> bool:
+    """Whether `out` holds weights that `aimfl pretrain-image` did not make (no card beside them): someone's own
+    checkpoint, used as it is and never pre-trained over."""
+    return os.path.isfile(out) and not os.path.isfile(card_path(out))
+
+
 def cached_card(cfg, out: str) -> dict | None:
     """The card of the image model at `out` if it was made by this config's recipe (None: missing or stale)."""
-    card_path = os.path.splitext(out)[0] + ".json"
-    if not (os.path.isfile(out) and os.path.isfile(card_path)):
+    if not (os.path.isfile(out) and os.path.isfile(card_path(out))):
         return None
-    with open(card_path) as f:
+    with open(card_path(out)) as f:
         card = json.load(f)
     return card if card.get("recipe") == recipe_of(cfg) else None
 
 
 def ensure_image_model(cfg, out: str, force: bool = False, progress: bool = True) -> tuple[dict, bool]:
     """(the card, whether it was trained now): the embedded image model at `out`, pre-trained unless the cache
-    holds one made by the same recipe."""
+    holds one made by the same recipe. A weights file there that this command did not make is not overwritten
+    (FileExistsError) unless `force`."""
     card = None if force else cached_card(cfg, out)
     if card is not None:
         return card, False
+    if is_foreign_weights(out) and not force:
+        raise FileExistsError(f"{out} holds weights that `aimfl pretrain-image` did not make (no card "
+                              f"{card_path(out)}): not overwritten; give another path, or --force")
     if os.path.isfile(out) and not force:
         print(f"{out} was made by another recipe: pre-training it again", flush=True)
     return pretrain_image_model(cfg, out, progress), True
@@ -232,6 +246,6 @@ def pretrain_image_model(cfg, out: str, progress: bool = True) -> dict:
         "loss_history": history,
     }
     atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
-    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    with open(card_path(out), "w") as f:
         json.dump(card, f, indent=2)
     return card

@@ -9,7 +9,7 @@ import shlex
 
 from aim_core.data.synthetic import make_synthetic
 from aim_core.federated.settings import FederatedSettings, default_run_config
-from aimfl.pretrain_image import ensure_image_model
+from aimfl.pretrain_image import ensure_image_model, is_foreign_weights
 
 
 def step(number: int, text: str) -> None:
@@ -37,8 +37,17 @@ def prepare_world(data_root: str, sites: int | None = None) -> None:
 
 
 def prepare_backbone(cfg) -> None:
-    """The embedded pre-trained image model at `cfg.model.backbone.checkpoint`, pre-trained unless cached."""
-    card, trained = ensure_image_model(cfg, os.path.expanduser(cfg.model.backbone.checkpoint))
+    """The embedded pre-trained image model at `cfg.model.backbone.checkpoint`, pre-trained unless cached; weights
+    of one's own there (not made by `aimfl pretrain-image`) are used as they are, and a config without a
+    checkpoint keeps its backbone's own weights."""
+    if not cfg.model.backbone.checkpoint:
+        print("    none: model.backbone.checkpoint is not set, the backbone keeps its own weights")
+        return
+    checkpoint = os.path.expanduser(cfg.model.backbone.checkpoint)
+    if is_foreign_weights(checkpoint):
+        print(f"    {checkpoint}: not the embedded model, used as it is")
+        return
+    card, trained = ensure_image_model(cfg, checkpoint)
     print(f"    pre-trained in {card['train_seconds']:.0f} s, val loss {card['val_loss']:.3f}" if trained
           else "    cached, reused")
 

@@ -112,3 +112,24 @@ def test_the_embedded_model_cache_is_keyed_by_its_recipe(tiny_cfg, tmp_path, mon
     assert pretrain.ensure_image_model(tiny_cfg("synthetic", "image_pretrain.steps=7"), out)[1] is True  # another
     assert pretrain.ensure_image_model(tiny_cfg("synthetic", "image_pretrain.steps=7"), out, force=True)[1] is True
     assert trained == [1400, 7, 7]
+
+
+def test_weights_of_ones_own_are_never_pre_trained_over(tiny_cfg, tmp_path, monkeypatch, capsys):
+    """A checkpoint that `aimfl pretrain-image` did not make (no card beside it) is someone's own weights: the demo
+    and local-federation use it as it is, and pretrain-image refuses to overwrite it unless forced."""
+    from aimfl.cli import main
+    from aimfl.staging import prepare_backbone
+
+    monkeypatch.setattr(pretrain, "pretrain_image_model", lambda *args, **kwargs: pytest.fail("pre-trained over"))
+    own = tmp_path / "own.pth"
+    own.write_bytes(b"someone's weights")
+    prepare_backbone(tiny_cfg("synthetic", f"model.backbone.checkpoint={own}"))
+    assert "not the embedded model, used as it is" in capsys.readouterr().out
+    prepare_backbone(tiny_cfg("tiny_synthetic"))  # no checkpoint: the backbone's own (random) weights
+    assert "model.backbone.checkpoint is not set" in capsys.readouterr().out
+
+    assert main(["pretrain-image", "synthetic", "--out", str(own)]) == 2
+    assert "did not make (no card" in capsys.readouterr().err
+    assert own.read_bytes() == b"someone's weights"
+    assert main(["pretrain-image", "tiny_synthetic"]) == 2  # no checkpoint in the config and no --out
+    assert "model.backbone.checkpoint is not set in tiny_synthetic: give --out" in capsys.readouterr().err
