@@ -137,10 +137,11 @@ def run_local_federation(out: str, data_root: str | None = None, config: str = "
               f"{federation.fleet_address} (nginx)")
         videos = [client["samples"] for client in summary["per_client"]]
         sizes = {}  # the operator's record of each registered site's videos: the server weighs updates by it
+        threads_per_site = max(1, (os.cpu_count() or 1) // len(sites))  # the sites share this machine's cores
         for site, count in zip(sites, videos):
             key = creds["keys"][site]
             node = federation.register(key + ".pub", site) if key else None
-            federation.start_supernode(site, key, site_configs[site])
+            federation.start_supernode(site, key, site_configs[site], threads=threads_per_site)
             if node is not None:
                 sizes[str(node)] = count
             print(f"    {site}: {f'node {node}, ' if node else ''}PID {federation.services[site].process.pid}")

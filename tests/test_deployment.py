@@ -91,7 +91,8 @@ def start_sites(federation, deployment, lists):
     for site, list_file in lists.items():
         ids[site] = federation.register(deployment["keys"][site] + ".pub", site)
         sizes[str(ids[site])] = len(read_annotations(list_file))
-        federation.start_supernode(site, deployment["keys"][site], node_config(deployment, list_file))
+        federation.start_supernode(site, deployment["keys"][site], node_config(deployment, list_file),
+                                   threads=max(1, (os.cpu_count() or 1) // len(lists)))
     path = Path(federation.workdir) / "site-sizes.json"
     path.write_text(json.dumps(sizes))
     return ids, str(path)
@@ -126,6 +127,9 @@ def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(
     assert processes_mentioning(str(out)) == []  # every process it started is gone
     commands = (out / "federation" / "commands.sh").read_text()
     assert "--ssl-certfile" in commands and "--enable-supernode-auth" in commands and "--insecure" not in commands
+    # the two sites share this machine's cores: each computes on its half of them
+    threads = f"OMP_NUM_THREADS={max(1, (os.cpu_count() or 1) // 2)} "
+    assert [line.startswith(threads) for line in commands.splitlines() if "flower-supernode" in line] == [True] * 2
     private_key = (out / "sites" / "site0" / "site0").read_text().splitlines()[1]
     for path in (out / "federation" / "logs").iterdir():
         assert "PRIVATE KEY" not in path.read_text() and private_key not in path.read_text()
@@ -280,7 +284,8 @@ def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_l
         # the SuperLink lets the site back in once it has marked it offline (2 missed heartbeats)
         federation.wait_for_node(ids["site1"], "offline", timeout=120)
         federation.start_supernode("site1", deployment["keys"]["site1"],
-                                   node_config(deployment, deployment["lists"]["site1"]))
+                                   node_config(deployment, deployment["lists"]["site1"]),
+                                   threads=max(1, (os.cpu_count() or 1) // 2))
         federation.run(APP_ROOT, {**config, "resume": True}, timeout=400)
         resumed_log = Path(run_log_path).read_text()[len(stopped_log):]
 
