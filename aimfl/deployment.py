@@ -267,8 +267,8 @@ class Federation:
         """A SuperNode with its own local port, authenticating with `private_key` (an OpenSSH ECDSA key).
 
         `threads`: the CPU threads its ClientApps compute on, for sites that share one machine's cores (three
-        sites of two threads each on 2 cores trained 7x slower than of one thread each: the threads of each
-        process spin waiting for each other). None: torch's default, every core."""
+        sites on 2 cores trained 5-7x slower with a thread per core each than with one thread each: README,
+        local-federation). None: torch's default, every core."""
         security = ["--insecure"] if self.insecure else ["--root-certificates", self.tls["ca"]]
         auth = ["--auth-supernode-private-key", private_key] if private_key else []
         command = [find_program("flower-supernode"), "--superlink", self.fleet_address, *security, *auth,

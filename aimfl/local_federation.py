@@ -31,6 +31,7 @@ from aim_core.federated.settings import APP_ROOT
 from aim_core.model.backbones import save_image_model
 from aimfl.credentials import make_site_key, make_tls_certificates
 from aimfl.deployment import Federation
+from aimfl.processes import threads_each
 from aimfl.staging import federated_progress, federated_run_config, prepare_backbone, prepare_world, step
 
 
@@ -137,11 +138,10 @@ def run_local_federation(out: str, data_root: str | None = None, config: str = "
               f"{federation.fleet_address} (nginx)")
         videos = [client["samples"] for client in summary["per_client"]]
         sizes = {}  # the operator's record of each registered site's videos: the server weighs updates by it
-        threads_per_site = max(1, (os.cpu_count() or 1) // len(sites))  # the sites share this machine's cores
         for site, count in zip(sites, videos):
             key = creds["keys"][site]
             node = federation.register(key + ".pub", site) if key else None
-            federation.start_supernode(site, key, site_configs[site], threads=threads_per_site)
+            federation.start_supernode(site, key, site_configs[site], threads=threads_each(len(sites)))
             if node is not None:
                 sizes[str(node)] = count
             print(f"    {site}: {f'node {node}, ' if node else ''}PID {federation.services[site].process.pid}")

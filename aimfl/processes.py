@@ -63,6 +63,12 @@ def toml_pairs(values: dict) -> str:
     return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
 
 
+def threads_each(sharers: int) -> int:
+    """The CPU threads each of `sharers` processes computing at once on this machine gets: its cores split evenly,
+    at least one."""
+    return max(1, (os.cpu_count() or 1) // sharers)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

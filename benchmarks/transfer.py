@@ -30,6 +30,8 @@ from functools import partial
 
 from motion_worlds import WORLDS, make_world
 
+from aimfl.processes import threads_each
+
 VARIANTS = ["space_only", "temporal", "aim"]
 LONGEST_FIRST = ["aim", "space_only", "temporal"]  # with 2 jobs: AIM beside space-only, then +temporal
 LABELS = {"space_only": "frozen space-only", "temporal": "+ temporal", "aim": "AIM"}
@@ -81,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pretrain_seconds = aimfl("pretrain-image", args.config, *args.overrides)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_each(args.jobs)
     variants = [variant for variant in LONGEST_FIRST if variant in args.variants]
     rows, worlds = [], {}
     for world in args.worlds:

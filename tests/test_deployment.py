@@ -24,7 +24,7 @@ from aim_core.engine.checkpoint import load_training_state
 from aim_core.federated.settings import APP_ROOT
 from aimfl.credentials import make_site_key, make_tls_certificates
 from aimfl.deployment import Federation
-from aimfl.processes import find_program, interpreter_bin, processes_mentioning, program_env
+from aimfl.processes import find_program, interpreter_bin, processes_mentioning, program_env, threads_each
 
 pytestmark = [pytest.mark.slow, needs_nginx]  # every test here runs Flower's processes
 
@@ -92,7 +92,7 @@ def start_sites(federation, deployment, lists):
         ids[site] = federation.register(deployment["keys"][site] + ".pub", site)
         sizes[str(ids[site])] = len(read_annotations(list_file))
         federation.start_supernode(site, deployment["keys"][site], node_config(deployment, list_file),
-                                   threads=max(1, (os.cpu_count() or 1) // len(lists)))
+                                   threads=threads_each(len(lists)))
     path = Path(federation.workdir) / "site-sizes.json"
     path.write_text(json.dumps(sizes))
     return ids, str(path)
@@ -128,7 +128,7 @@ def test_local_federation_command_two_tls_supernodes_two_rounds_then_aimfl_eval(
     commands = (out / "federation" / "commands.sh").read_text()
     assert "--ssl-certfile" in commands and "--enable-supernode-auth" in commands and "--insecure" not in commands
     # the two sites share this machine's cores: each computes on its half of them
-    threads = f"OMP_NUM_THREADS={max(1, (os.cpu_count() or 1) // 2)} "
+    threads = f"OMP_NUM_THREADS={threads_each(2)} "
     assert [line.startswith(threads) for line in commands.splitlines() if "flower-supernode" in line] == [True] * 2
     private_key = (out / "sites" / "site0" / "site0").read_text().splitlines()[1]
     for path in (out / "federation" / "logs").iterdir():
@@ -285,7 +285,7 @@ def test_min_nodes_2_stops_at_the_round_timeout_and_resume_continues_after_the_l
         federation.wait_for_node(ids["site1"], "offline", timeout=120)
         federation.start_supernode("site1", deployment["keys"]["site1"],
                                    node_config(deployment, deployment["lists"]["site1"]),
-                                   threads=max(1, (os.cpu_count() or 1) // 2))
+                                   threads=threads_each(2))
         federation.run(APP_ROOT, {**config, "resume": True}, timeout=400)
         resumed_log = Path(run_log_path).read_text()[len(stopped_log):]
 
