@@ -195,13 +195,16 @@ class ValidatedRounds:
             reply.content["metrics"] = MetricRecord({**{k: metrics[k] for k in TRAIN_METRICS},
                                                      WEIGHT_KEY: self.sizes.weight(key)})
             record.update({k: metrics[k] for k in TRAIN_METRICS})
-            accepted.append(reply)
+            accepted.append((key, reply))
         outcome.accepted = len(accepted)
         if len(accepted) < self.settings.min_valid_replies:
             log(WARNING, "round %d: %d valid updates (fewer than min-valid-replies=%d); keeping the previous global "
                          "state", server_round, len(accepted), self.settings.min_valid_replies)
             return outcome
-        aggregated, _ = self.strategy.aggregate_train(server_round, accepted)
+        # in the order of the clients, not of their replies: float sums depend on their order, and a run must not
+        # depend on which client finished first
+        aggregated, _ = self.strategy.aggregate_train(server_round, [reply for _, reply in sorted(
+            accepted, key=lambda pair: pair[0])])
         if aggregated is not None:  # None: the strategy declined (e.g. DP accounting saw a rejected reply)
             outcome.arrays = encode_state(decode_state(aggregated), "fp32")
         return outcome

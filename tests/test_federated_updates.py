@@ -137,6 +137,22 @@ def test_the_server_weights_updates_by_the_videos_it_knows_not_by_the_claims(rou
                                    rtol=1e-4)
 
 
+def test_the_aggregate_does_not_depend_on_the_order_the_replies_arrive_in(rounds, state):
+    """Float sums depend on their order, so the server sums the updates in the order of the clients: a run must not
+    depend on which client finished its round first."""
+    generator = torch.Generator().manual_seed(0)
+    clients = [(partition, videos, {k: v + 1e-3 * torch.randn(v.shape, generator=generator) for k, v in state.items()})
+               for partition, videos in ((0, 10), (1, 20), (2, 30))]
+    results = []
+    for order in (slice(None), slice(None, None, -1)):
+        instructions, replies = train_replies(state, clients)
+        outcome = rounds.aggregate_train(1, encode_state(state, "fp32"), instructions, replies[order])
+        assert outcome.accepted == 3
+        results.append(decode_state(outcome.arrays))
+    for key in state:
+        assert torch.equal(results[0][key], results[1][key]), key
+
+
 @pytest.mark.parametrize("claimed", [1e12, 1e308, 1_000_000])
 def test_a_client_claiming_more_examples_than_it_has_is_rejected(rounds, state, claimed):
     clients = [(0, 10, moved(state, 1e-4)), (1, claimed, moved(state, 1e-3)), (2, claimed, state)]
