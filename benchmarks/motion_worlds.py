@@ -255,6 +255,12 @@ def make_world(out: str, world: str, train: int, val: int, seed: int) -> dict:
     return card
 
 
+def world_overrides(root: str, card: dict) -> list[str]:
+    """The config keys that point `aimfl train` (or any config user) at a world written by `make_world`."""
+    return [f"data.root={root}", f"data.train_list={root}/train.txt", f"data.val_list={root}/val.txt",
+            f"data.class_names={root}/classes.txt", f"data.num_classes={len(card['classes'])}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")

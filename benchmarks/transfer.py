@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from motion_worlds import WORLDS, make_world
+from motion_worlds import WORLDS, make_world, world_overrides
 
 from aimfl.processes import threads_each
 
@@ -92,8 +92,7 @@ def main() -> None:
         started = time.time()
         card = make_world(root, world, args.train, args.val, seed=0)
         worlds[world] = {"make_seconds": round(time.time() - started, 1)}
-        data = [f"data.root={root}", f"data.train_list={root}/train.txt", f"data.val_list={root}/val.txt",
-                f"data.class_names={root}/classes.txt", f"data.num_classes={len(card['classes'])}"]
+        data = world_overrides(root, card)
         with ThreadPoolExecutor(args.jobs) as pool:
             done = dict(zip(variants, pool.map(partial(train, args, world, data, card, threads), variants)))
         rows += [done[variant] for variant in VARIANTS if variant in done]

@@ -133,3 +133,23 @@ def test_weights_of_ones_own_are_never_pre_trained_over(tiny_cfg, tmp_path, monk
     assert own.read_bytes() == b"someone's weights"
     assert main(["pretrain-image", "tiny_synthetic"]) == 2  # no checkpoint in the config and no --out
     assert "model.backbone.checkpoint is not set in tiny_synthetic: give --out" in capsys.readouterr().err
+
+
+def test_the_order_probe_reads_order_from_frames_in_order_and_not_from_their_average():
+    """Two classes that differ in the order of their frames only: a figure moves one way along a direction in one
+    class and the other way in the other. Read in order the frames tell them apart; their average cannot
+    (benchmarks/order_probe.py)."""
+    motion_worlds()  # puts benchmarks/ on the path
+    import torch
+    from order_probe import logistic_regression
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(80) % 2
+    way = torch.tensor([[-1.0, 1.0], [1.0, -1.0]])[labels]  # (clips, frames): where the figure is along the direction
+    direction = torch.randn(16, generator=generator)
+    clips = torch.randn(80, 2, 16, generator=generator) + way[..., None] * direction
+    train, val = slice(0, 60), slice(60, 80)
+    in_order = logistic_regression(clips[train].flatten(1), labels[train], clips[val].flatten(1), labels[val], 0.01)
+    averaged = logistic_regression(clips[train].mean(1), labels[train], clips[val].mean(1), labels[val], 0.01)
+    assert in_order["val_top1"] == 1.0
+    assert averaged["val_top1"] <= 0.75
