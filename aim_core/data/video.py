@@ -199,7 +199,7 @@ class VideoDataset(Dataset):
         if self.train:
             with torch.random.fork_rng(devices=[]):
                 # the CPU generator only: torch.manual_seed also queues a seed for every accelerator backend a CUDA
-                # build has, formatting a stack trace for each, 2.4 ms a clip, an eighth of a CPU training step
+                # build has, formatting the stack for each (about 1 ms a clip served through the DataLoader)
                 torch.default_generator.manual_seed(int(rng.integers(2**63)))
                 return self.transform(frames).as_subclass(torch.Tensor)
         views = [self.transform(clip) for clip in frames.view(clips, cfg.num_frames, *frames.shape[1:])]
