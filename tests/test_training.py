@@ -218,8 +218,8 @@ def test_pretrain_image_saves_timm_weights_the_synthetic_config_loads(tiny_cfg, 
     from aimfl.pretrain_image import pretrain_image_model
 
     out = tmp_path / "vit.pth"
-    steps = ["image_pretrain.steps=60", "image_pretrain.warmup_steps=10", "image_pretrain.train_images=500",
-             "image_pretrain.val_images=100"]
+    steps = ["image_pretrain.steps=20", "image_pretrain.warmup_steps=5", "image_pretrain.batch_size=32",
+             "image_pretrain.train_images=300", "image_pretrain.val_images=100"]
     card = pretrain_image_model(tiny_cfg("synthetic", *steps), str(out), progress=False)
     assert card["loss_history"][-1]["loss"] < card["loss_history"][0]["loss"]
     saved = torch.load(out)
